@@ -1,0 +1,1 @@
+"""Model-agnostic training and evaluation machinery (data, optimisation, precision, metrics, logging)."""

@@ -1,0 +1,241 @@
+"""Checkpoint loading, conversion round trips and refusal of bad files."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2Model, load_model, preset
+from wav2vec2.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_checkpoint,
+    read_checkpoint,
+    save_fairseq,
+    save_hf,
+    upgrade_state_dict,
+)
+
+NO_DROP = dict(
+    dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0,
+    dropout_input=0.0, dropout_features=0.0,
+)
+LABELS = "| 10\nE 9\nT 8\nA 7\n"
+
+
+def _models():
+    torch.manual_seed(0)
+    plain = preset("tiny", **NO_DROP)
+    large_like = preset("tiny", extractor_mode="layer_norm", layer_norm_first=True, conv_bias=True, **NO_DROP)
+    return {
+        "pretrain": Wav2Vec2Model(plain).eval(),
+        "ctc": Wav2Vec2ForCTC(plain, 8).eval(),
+        "ctc_large_like": Wav2Vec2ForCTC(large_like, 8).eval(),
+        "pretrain_hourglass": Wav2Vec2Model(preset("tiny", hourglass_transformer="[1,(2,2),1]", **NO_DROP)).eval(),
+    }
+
+
+def _outputs(model, x, lengths):
+    with torch.no_grad():
+        if isinstance(model, Wav2Vec2ForCTC):
+            return model(x, lengths)[0]
+        return model.extract_features(x, lengths)[0]
+
+
+X = torch.randn(2, 9000, generator=torch.Generator().manual_seed(0))
+LEN = torch.tensor([9000, 6000])
+
+
+@pytest.mark.parametrize("name", ["pretrain", "ctc", "ctc_large_like"])
+def test_round_trip_through_hf(tmp_path, name):
+    model = _models()[name]
+    save_hf(model, str(tmp_path / "hf"), labels=LABELS if "ctc" in name else None)
+    back = load_checkpoint(str(tmp_path / "hf"))
+    assert back.source_format == "hf" and not back.model.training
+    assert set(back.model.state_dict()) == set(model.state_dict())
+    assert torch.equal(_outputs(back.model, X, LEN), _outputs(model, X, LEN))
+    if "ctc" in name:
+        assert back.labels.split()[::2] == LABELS.split()[::2]
+
+
+def test_hf_export_loads_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = _models()["ctc"]
+    save_hf(model, str(tmp_path / "hf"))
+    hf = transformers.Wav2Vec2ForCTC.from_pretrained(str(tmp_path / "hf")).eval()
+    with torch.no_grad():
+        ref = hf(X[:1]).logits
+    assert (ref - _outputs(model, X[:1], None)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["pretrain", "ctc", "pretrain_hourglass"])
+def test_round_trip_through_fairseq_style(tmp_path, name):
+    model = _models()[name]
+    path = str(tmp_path / "fs.pt")
+    save_fairseq(model, path, labels=LABELS)
+    back = load_checkpoint(path)
+    assert back.source_format == "fairseq"
+    assert set(back.model.state_dict()) == set(model.state_dict())
+    assert torch.equal(_outputs(back.model, X, LEN), _outputs(model, X, LEN))
+
+
+@pytest.mark.parametrize("name", ["pretrain", "ctc", "pretrain_hourglass"])
+def test_round_trip_through_ours(tmp_path, name):
+    model = _models()[name]
+    path = str(tmp_path / "ours.pt")
+    torch.save(model_checkpoint(model, labels=LABELS), path)
+    back = load_checkpoint(path)
+    assert back.source_format == "ours" and back.config == model.cfg
+    assert torch.equal(_outputs(back.model, X, LEN), _outputs(model, X, LEN))
+    assert back.labels == LABELS
+
+
+def test_nvidia_checkpoint_with_namespace_args_loads(tmp_path):
+    """NVIDIA DLE: args (argparse Namespace) with `mode`, model under `model`, DDP prefixes, packed attention."""
+    model = _models()["ctc"]
+    cfg = model.cfg
+    sd = {}
+    for k, v in model.state_dict().items():
+        sd["module." + k] = v
+    # the reference's masked-inference names and a packed qkv for layer 0
+    for p in ("weight", "bias"):
+        q, k_, v_ = (sd.pop(f"module.w2v_encoder.w2v_model.encoder.layers.0.self_attn.{n}_proj.{p}") for n in "qkv")
+        sd[f"module.w2v_encoder.w2v_model.encoder.layers.0.self_attn.qkv.{p}"] = torch.cat([q, k_, v_])
+    w = sd.pop("module.w2v_encoder.w2v_model.feature_extractor.conv_layers.0.0.weight")
+    sd["module.w2v_encoder.w2v_model.feature_extractor.conv_layers.0.conv.weight"] = w
+    args = argparse.Namespace(mode="finetune", **{k: v for k, v in cfg.to_dict().items()})
+    args.hourglass_transformer = None
+    path = str(tmp_path / "nv.pt")
+    torch.save({"args": args, "model": sd, "output_labels": LABELS, "train_state": {"step": 3}}, path)
+    back = load_checkpoint(path)
+    assert back.source_format == "nvidia" and back.kind == "ctc"
+    assert torch.equal(_outputs(back.model, X, LEN), _outputs(model, X, LEN))
+
+
+def test_upgrade_rebuilds_weight_norm_from_plain_weight():
+    model = _models()["pretrain"]
+    sd = model.state_dict()
+    w = model.encoder.pos_conv[0].weight().detach()
+    plain = {k: v for k, v in sd.items() if "pos_conv.0.weight_" not in k}
+    plain["encoder.pos_conv.0.weight"] = w
+    up = upgrade_state_dict(plain)
+    fresh = Wav2Vec2Model(model.cfg).eval()
+    fresh.load_state_dict(up)
+    assert torch.allclose(fresh.encoder.pos_conv[0].weight(), w, atol=1e-6)
+
+
+def test_fairseq_hydra_checkpoint_with_omegaconf_and_meters(tmp_path):
+    """A hydra-era fairseq checkpoint pickles omegaconf DictConfig objects; they load without running code."""
+    omegaconf = pytest.importorskip("omegaconf")
+    model = _models()["pretrain"]
+    cfg = model.cfg.to_dict()
+    cfg["latent_temp"] = list(cfg["latent_temp"])
+    cfg.pop("hourglass_transformer")
+    dc = omegaconf.OmegaConf.create({"common": {"fp16": True}, "task": {"normalize": False, "_name": "audio_pretraining"},
+                                     "model": dict(cfg, _name="wav2vec2")})
+    path = str(tmp_path / "fairseq_hydra.pt")
+    torch.save({"args": None, "cfg": dc, "model": model.state_dict(), "optimizer_history": [{"num_updates": 5}],
+                "extra_state": {}}, path)
+    # our reader must not need omegaconf: run in a subprocess where importing it fails
+    code = (
+        "import sys; sys.modules['omegaconf'] = None\n"
+        "from wav2vec2.checkpoint import load_checkpoint\n"
+        f"lc = load_checkpoint({path!r})\n"
+        "print(lc.source_format, lc.kind, lc.config.encoder_layers, lc.config.latent_temp)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[:3] == ["fairseq", "pretrain", str(model.cfg.encoder_layers)]
+    back = load_checkpoint(path)
+    assert torch.equal(_outputs(back.model, X, LEN), _outputs(model, X, LEN))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    path = str(tmp_path / "evil.pt")
+    torch.save({"model": {}, "args": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        read_checkpoint(path)
+
+
+def test_truncated_missing_and_unknown_files(tmp_path):
+    model = _models()["pretrain"]
+    good = str(tmp_path / "good.pt")
+    torch.save(model_checkpoint(model), good)
+    data = open(good, "rb").read()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt.*truncated or corrupt"):
+        load_model(str(bad))
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(str(tmp_path / "nope.pt"))
+    odd = str(tmp_path / "odd.pt")
+    torch.save({"weights": model.state_dict()}, odd)
+    with pytest.raises(CheckpointError, match="odd.pt"):
+        load_model(odd)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_model(str(empty))
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_model(str(tmp_path))
+
+
+def test_mismatched_weights_are_reported(tmp_path):
+    model = _models()["pretrain"]
+    ckpt = model_checkpoint(model)
+    del ckpt["model"]["encoder.layers.0.fc1.weight"]
+    path = str(tmp_path / "m.pt")
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="missing.*fc1"):
+        load_model(path)
+
+
+def test_use_ema_without_ema_weights(tmp_path):
+    path = str(tmp_path / "m.pt")
+    torch.save(model_checkpoint(_models()["pretrain"]), path)
+    with pytest.raises(CheckpointError, match="EMA"):
+        load_model(path, use_ema=True)
+
+
+def test_convert_cli(tmp_path):
+    path = str(tmp_path / "ours.pt")
+    model = _models()["ctc"]
+    torch.save(model_checkpoint(model, labels=LABELS), path)
+    root = os.path.dirname(os.path.dirname(__file__))
+    for to, dst in (("hf", tmp_path / "hf"), ("fairseq", tmp_path / "fs.pt")):
+        res = subprocess.run([sys.executable, "-m", "wav2vec2.convert", path, str(dst), "--to", to],
+                             capture_output=True, text=True, cwd=root)
+        assert res.returncode == 0, res.stderr
+        assert torch.equal(_outputs(load_model(str(dst)), X, LEN), _outputs(model, X, LEN))
+    res = subprocess.run([sys.executable, "-m", "wav2vec2.convert", str(tmp_path / "missing.pt"), "x", "--to", "hf"],
+                         capture_output=True, text=True, cwd=root)
+    assert res.returncode == 2 and "missing.pt" in res.stderr
+
+
+def test_ctc_initialised_from_pretrained_state():
+    pre = _models()["pretrain"]
+    ctc = Wav2Vec2ForCTC(pre.cfg, 8).eval()
+    ctc.load_pretrained(pre.state_dict())
+    with torch.no_grad():
+        assert torch.equal(ctc.w2v_model.extract_features(X, LEN)[0], pre.extract_features(X, LEN)[0])
+
+
+def test_pickle_module_refuses_unknown_global_directly():
+    from wav2vec2.checkpoint import _RestrictedUnpickler
+    import io
+
+    payload = pickle.dumps(_Evil())
+    with pytest.raises(pickle.UnpicklingError):
+        _RestrictedUnpickler(io.BytesIO(payload)).load()

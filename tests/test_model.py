@@ -1,0 +1,429 @@
+"""Model package behaviour against worked numbers from the facts sheet and hand-derived oracles."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Model, parse_conv_layers, parse_hourglass, preset
+from wav2vec2.criterion import ContrastiveCriterion, CtcCriterion, contrastive_accuracy
+from wav2vec2.masking import compute_mask, expected_masked_fraction
+from wav2vec2.negatives import contrastive_logits, sample_negative_indices
+from wav2vec2.quantizer import GumbelVectorQuantizer
+
+NO_DROP = dict(
+    dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0,
+    dropout_input=0.0, dropout_features=0.0,
+)
+
+
+# --- configuration ----------------------------------------------------------------------------------------------------
+
+
+def test_conv_spec_parsing_and_rejection():
+    layers = parse_conv_layers("[(512,10,5)]+[(512,3,2)]*4+[(512,2,2)]+[(512,2,2)]")
+    assert [k for _, k, _ in layers] == [10, 3, 3, 3, 3, 2, 2]
+    assert math.prod(s for _, _, s in layers) == 320
+    for bad in ("__import__('os').system('true')", "[(1,2)]", "[(512,10,5)]*'a'", "[x]", ""):
+        with pytest.raises(ValueError):
+            parse_conv_layers(bad)
+
+
+def test_hourglass_spec():
+    hg = parse_hourglass("[2,(8,4),2]")
+    assert (hg.n_pre, hg.n_shortened, hg.factor, hg.n_post, hg.num_layers) == (2, 8, 4, 2, 12)
+    assert parse_hourglass("") is None and parse_hourglass(None) is None
+    for bad in ("[2,8,2]", "[2,(8,0),2]", "open('x')", "[2,(8,4)]"):
+        with pytest.raises(ValueError):
+            parse_hourglass(bad)
+    with pytest.raises(ValueError):
+        Wav2Vec2Config(hourglass_transformer="[2,(8,4),2]", layer_norm_first=True)
+
+
+def test_parameter_counts_match_reference():
+    # REFERENCE-QUIRKS §10: BASE pre-train 95,044,608; BASE CTC (V=32) 94,396,320; Hourglass naive adds nothing
+    assert sum(p.numel() for p in Wav2Vec2Model(preset("base")).parameters()) == 95_044_608
+    plain = preset("base", hourglass_transformer=None)
+    assert sum(p.numel() for p in Wav2Vec2Model(plain).parameters()) == 95_044_608
+    assert sum(p.numel() for p in Wav2Vec2ForCTC(plain, 32).parameters()) == 94_396_320
+
+
+def test_state_dict_keys_are_fairseq_names():
+    keys = set(Wav2Vec2Model(preset("base")).state_dict())
+    for k in (
+        "feature_extractor.conv_layers.0.0.weight",
+        "feature_extractor.conv_layers.0.2.weight",
+        "feature_extractor.conv_layers.6.0.weight",
+        "post_extract_proj.weight",
+        "quantizer.vars",
+        "quantizer.weight_proj.weight",
+        "project_q.weight",
+        "mask_emb",
+        "encoder.pos_conv.0.weight_g",
+        "encoder.pos_conv.0.weight_v",
+        "encoder.layers.1.self_attn.q_proj.weight",
+        "encoder.hourglass_layers.7.fc1.weight",
+        "encoder.post_layers.1.final_layer_norm.bias",
+        "encoder.layer_norm.weight",
+        "layer_norm.weight",
+        "final_proj.weight",
+    ):
+        assert k in keys, k
+    sd = Wav2Vec2Model(preset("base")).state_dict()
+    assert tuple(sd["encoder.pos_conv.0.weight_g"].shape) == (1, 1, 128)
+    assert tuple(sd["encoder.pos_conv.0.weight_v"].shape) == (768, 48, 128)
+    assert tuple(sd["quantizer.vars"].shape) == (1, 640, 128)
+    large = set(Wav2Vec2Model(preset("large")).state_dict())
+    assert "feature_extractor.conv_layers.3.2.1.weight" in large and "feature_extractor.conv_layers.3.0.bias" in large
+
+
+@pytest.mark.parametrize("samples,frames", [(16000, 49), (32000, 99), (250000, 781), (320000, 999)])
+def test_conv_output_lengths(samples, frames):
+    m = Wav2Vec2Model(preset("tiny"))
+    assert int(m.output_lengths(torch.tensor([samples]))[0]) == frames
+
+
+def test_conv_output_lengths_match_real_forward():
+    m = Wav2Vec2Model(preset("tiny")).eval()
+    for n in (400, 401, 719, 720, 16000):
+        feats, _ = m.feature_extractor(torch.zeros(1, n))
+        assert feats.shape[-1] == int(m.output_lengths(torch.tensor([n]))[0])
+
+
+# --- padding invariance ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hourglass", [None, "[1,(2,3),1]", "[1,(2,4),1]"])
+@pytest.mark.parametrize("resample", ["naive", "linear"])
+def test_batched_equals_one_by_one(hourglass, resample):
+    torch.manual_seed(0)
+    cfg = preset("tiny", hourglass_transformer=hourglass, hourglass_resample=resample, **NO_DROP)
+    m = Wav2Vec2Model(cfg).eval()
+    lengths = [16000, 12345, 9001, 4000]  # frame counts 49, 38, 27, 12: not divisible by 3 or 4
+    x = torch.zeros(len(lengths), max(lengths))
+    for i, n in enumerate(lengths):
+        x[i, :n] = torch.randn(n)
+    with torch.no_grad():
+        batched, frames = m.extract_features(x, torch.tensor(lengths))
+        for i, n in enumerate(lengths):
+            alone, f = m.extract_features(x[i : i + 1, :n])
+            assert alone.shape[1] == frames[i]
+            assert (batched[i, : frames[i]] - alone[0]).abs().max() < 1e-5
+
+
+def test_ctc_padded_frames_force_blank():
+    m = Wav2Vec2ForCTC(preset("tiny", **NO_DROP), 10).eval()
+    with torch.no_grad():
+        logits, frames = m(torch.randn(2, 8000), torch.tensor([8000, 4000]))
+    pad = logits[1, frames[1]:]
+    assert torch.all(pad.argmax(-1) == 0)
+    assert torch.isinf(pad[:, 1:]).all()
+
+
+# --- Hourglass ---------------------------------------------------------------------------------------------------------
+
+
+def test_hourglass_factor_one_is_residual_composition_of_plain_layers():
+    """With factor 1 the shortening is the identity, so the encoder is pre -> (mid(x) + x) -> post."""
+    torch.manual_seed(0)
+    cfg = preset("tiny", hourglass_transformer="[1,(2,1),1]", **NO_DROP)
+    enc = Wav2Vec2Model(cfg).eval().encoder
+    x = torch.randn(2, 30, cfg.encoder_embed_dim)
+    with torch.no_grad():
+        got = enc(x)
+        h = x + enc.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        h = enc.layer_norm(h)
+        h = enc.layers[0](h)
+        mid = enc.hourglass_layers[1](enc.hourglass_layers[0](h))
+        h = enc.post_layers[0](mid + h)
+    assert (got - h).abs().max() < 1e-5
+
+
+def test_no_hourglass_equals_plain_stack_with_same_weights():
+    torch.manual_seed(0)
+    a = Wav2Vec2Model(preset("tiny", **NO_DROP)).eval()
+    b = Wav2Vec2Model(preset("tiny", hourglass_transformer="", **NO_DROP)).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 8000)
+    with torch.no_grad():
+        assert torch.equal(a.extract_features(x)[0], b.extract_features(x)[0])
+
+
+def test_hourglass_shortened_length_worked_number():
+    # REFERENCE-QUIRKS §10: factor 4 with T=781 -> 3 padded frames, 196 shortened frames
+    torch.manual_seed(0)
+    cfg = preset("tiny", hourglass_transformer="[1,(1,4),1]", **NO_DROP)
+    enc = Wav2Vec2Model(cfg).eval().encoder
+    seen = []
+    enc.hourglass_layers[0].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    with torch.no_grad():
+        y = enc(torch.randn(1, 781, cfg.encoder_embed_dim))
+    assert seen == [196] and y.shape[1] == 781
+
+
+def test_layerdrop_same_decisions_for_same_update():
+    cfg = preset("tiny", encoder_layerdrop=0.5)
+    a, b = Wav2Vec2Model(cfg).train(), Wav2Vec2Model(cfg).train()
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m.set_num_updates(7)
+    x = torch.randn(2, 4000)
+    ga, gb = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    torch.manual_seed(0)
+    oa = a.extract_features(x, generator=ga)[0]
+    torch.manual_seed(0)
+    ob = b.extract_features(x, generator=gb)[0]
+    assert torch.equal(oa, ob)
+
+
+# --- masking -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [37, 120, 500])
+def test_masked_fraction_matches_reference_formula(size):
+    g = torch.Generator().manual_seed(0)
+    n = 6000
+    m = compute_mask((n, size), 0.65, 10, lengths=torch.full((n,), size), min_masks=2,
+                     require_same_masks=False, generator=g)
+    expected = expected_masked_fraction(size, 0.65, 10, min_masks=2)
+    assert abs(m.float().mean().item() - expected) < 0.004
+
+
+def test_span_count_probabilistic_rounding_worked_number():
+    # T = 781, p*T/span = 50.765 -> 51 spans w.p. 0.765, else 50. With span length 1 starts are distinct frames.
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    m = compute_mask((n, 781), 50.765 / 781, 1, lengths=torch.full((n,), 781), require_same_masks=False, generator=g)
+    counts = m.sum(1)
+    assert set(counts.unique().tolist()) == {50, 51}
+    assert abs((counts == 51).float().mean().item() - 0.765) < 0.03
+
+
+def test_masks_respect_padding_and_equalise():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([200, 150, 60, 25])
+    m = compute_mask((4, 200), 0.65, 10, lengths=lengths, min_masks=2, generator=g)
+    counts = m.sum(1)
+    assert torch.all(counts == counts[0]) and counts[0] > 0
+    for i, n in enumerate(lengths.tolist()):
+        assert not m[i, n:].any()
+
+
+def test_channel_mask_may_draw_zero_spans():
+    g = torch.Generator().manual_seed(0)
+    m = compute_mask((3, 16), 0.01, 4, min_masks=0, generator=g)
+    assert m.shape == (3, 16) and not m.any()
+
+
+def test_mask_dropout_removes_rounded_fraction():
+    g = torch.Generator().manual_seed(0)
+    full = compute_mask((2, 100), 0.5, 5, min_masks=2, generator=torch.Generator().manual_seed(5))
+    dropped = compute_mask((2, 100), 0.5, 5, min_masks=2, mask_dropout=0.25, generator=torch.Generator().manual_seed(5))
+    assert (dropped & ~full).sum() == 0
+    c = int(full[0].sum())
+    assert int(dropped[0].sum()) == c - round(c * 0.25)
+    del g
+
+
+def test_no_overlap_spans_do_not_overlap():
+    g = torch.Generator().manual_seed(0)
+    m = compute_mask((8, 300), 0.3, 10, min_masks=2, no_overlap=True, min_space=2, require_same_masks=False, generator=g)
+    assert m.any()
+    for row in m:
+        runs, cur = [], 0
+        for v in row.tolist() + [False]:
+            if v:
+                cur += 1
+            elif cur:
+                runs.append(cur)
+                cur = 0
+        assert all(r % 10 == 0 for r in runs)  # adjacent spans would only merge with min_space 0
+
+
+def test_mask_is_reproducible_from_generator():
+    a = compute_mask((4, 100), 0.65, 10, min_masks=2, generator=torch.Generator().manual_seed(3))
+    b = compute_mask((4, 100), 0.65, 10, min_masks=2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+# --- negatives and logits ----------------------------------------------------------------------------------------------
+
+
+def test_negatives_stay_in_utterance_and_skip_positive():
+    g = torch.Generator().manual_seed(0)
+    b, m, n = 3, 7, 200
+    idx = sample_negative_indices(b, m, n, generator=g)
+    assert idx.shape == (b, m, n)
+    utt = torch.arange(b).view(b, 1, 1)
+    slot = torch.arange(m).view(1, m, 1)
+    assert torch.all(idx // m == utt)
+    assert not torch.any(idx % m == slot)
+    # uniform over the other m - 1 slots
+    counts = torch.bincount((idx % m)[:, 0].flatten(), minlength=m)
+    assert counts[0] == 0 and counts[1:].min() > 0.7 * b * n / (m - 1)
+
+
+def test_cross_sample_negatives_skip_global_positive():
+    idx = sample_negative_indices(2, 5, 0, cross_sample_negatives=500, generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(10).view(2, 5, 1)
+    assert not torch.any(idx == pos) and idx.min() >= 0 and idx.max() <= 9
+
+
+def test_contrastive_logits_by_hand():
+    x = torch.tensor([[[1.0, 0.0]]])  # B=1, M=1, D=2
+    y = torch.tensor([[[1.0, 1.0]]])
+    negs = torch.tensor([[[[0.0, 2.0]]], [[[1.0, 1.0]]]])  # second negative equals the positive
+    lg = contrastive_logits(x, y, negs, 0.1)
+    assert lg.shape == (3, 1, 1)
+    assert abs(lg[0, 0, 0].item() - (1 / math.sqrt(2)) / 0.1) < 1e-5
+    assert abs(lg[1, 0, 0].item()) < 1e-6
+    assert lg[2, 0, 0].item() == float("-inf")
+
+
+# --- quantizer ---------------------------------------------------------------------------------------------------------
+
+
+def test_gumbel_temperature_schedule_worked_numbers():
+    q = GumbelVectorQuantizer(8, 4, (2.0, 0.5, 0.999995), 2, False, 8)
+    for updates, expected in ((0, 2.0), (100000, 1.2131), (277259, 0.5), (10**6, 0.5)):
+        q.set_num_updates(updates)
+        assert abs(q.curr_temp - expected) < 1e-4
+    large = GumbelVectorQuantizer(8, 4, (2.0, 0.1, 0.999995), 2, False, 8)
+    large.set_num_updates(599_146)
+    assert abs(large.curr_temp - 0.1) < 1e-6
+    large.set_num_updates(590_000)
+    assert large.curr_temp > 0.1
+
+
+def test_quantizer_perplexity_bounds_and_eval_lookup():
+    torch.manual_seed(0)
+    q = GumbelVectorQuantizer(16, 5, (2.0, 0.5, 0.999995), 2, False, 6).eval()
+    x = torch.randn(3, 40, 16)
+    out = q(x, produce_targets=True)
+    assert 2.0 <= float(out.code_perplexity) <= 10.0 and 2.0 <= float(out.prob_perplexity.detach()) <= 10.0
+    # eval: each group picks its argmax entry, vectors concatenated
+    logits = q.weight_proj(x.reshape(-1, 16)).view(-1, 2, 5)
+    choice = logits.argmax(-1)
+    book = q.vars.view(2, 5, 3)
+    expected = torch.cat([book[0][choice[:, 0]], book[1][choice[:, 1]]], dim=-1).view(3, 40, 6)
+    assert torch.allclose(out.x, expected)
+    assert torch.equal(out.targets.view(-1, 2), choice)
+
+
+def test_quantizer_straight_through_gradient():
+    torch.manual_seed(0)
+    q = GumbelVectorQuantizer(16, 5, (2.0, 0.5, 0.999995), 2, False, 6).train()
+    x = torch.randn(4, 16, requires_grad=True)
+    out = q(x, generator=torch.Generator().manual_seed(0))
+    # forward values are one-hot selections of code vectors
+    book = q.vars.view(10, 3)
+    for row in out.x.view(4, 2, 3).detach():
+        assert any(torch.allclose(row[0], v) for v in book[:5]) and any(torch.allclose(row[1], v) for v in book[5:])
+    out.x.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_perplexity_of_uniform_and_collapsed_codes():
+    from wav2vec2.quantizer import perplexity
+
+    uniform = torch.full((10, 2, 4), 0.25)
+    assert abs(float(perplexity(uniform)) - 8.0) < 1e-4
+    collapsed = torch.zeros(10, 2, 4)
+    collapsed[..., 0] = 1
+    assert abs(float(perplexity(collapsed)) - 2.0) < 1e-4
+
+
+# --- criteria ----------------------------------------------------------------------------------------------------------
+
+
+def test_accuracy_counts_by_reference_rule():
+    logits = torch.tensor([[3.0, 1.0, 2.0], [1.0, 3.0, 2.0], [1.0, 1.0, 1.0], [2.0, 2.0, 0.0]])
+    # row 0 correct; row 1 wrong; row 2 all tie (argmax=argmin=0) -> not counted; row 3 argmax 0, argmin 2 -> correct
+    assert contrastive_accuracy(logits) == (2, 4)
+
+
+def test_pretraining_loss_composition_by_hand():
+    torch.manual_seed(0)
+    cfg = preset("tiny", **NO_DROP)
+    m = Wav2Vec2Model(cfg).train()
+    out = m(torch.randn(2, 8000), generator=torch.Generator().manual_seed(0))
+    loss, s, log = ContrastiveCriterion((0.1, 10.0))(out)
+    ce = torch.nn.functional.cross_entropy(out.logits.float(), torch.zeros(s, dtype=torch.long), reduction="sum")
+    gv = cfg.latent_vars * cfg.latent_groups
+    div = 0.1 * s * (gv - float(out.prob_perplexity[0])) / gv
+    pen = 10.0 * s * float(out.features_pen)
+    assert s == int(out.mask_indices.sum())
+    assert abs(float(loss) - (float(ce) + div + pen)) < 1e-3 * float(loss)
+    assert abs(log["loss_1"] - div) < 1e-3 and abs(log["loss_2"] - pen) < 1e-2
+
+
+def test_sub_batches_have_own_masks_and_stats():
+    torch.manual_seed(0)
+    m = Wav2Vec2Model(preset("tiny", **NO_DROP)).train()
+    out = m(torch.randn(4, 8000), sub_batch_sizes=torch.tensor([3, 1]), generator=torch.Generator().manual_seed(0))
+    assert len(out.sub_batch_rows) == 2 and sum(out.sub_batch_rows) == out.logits.shape[0]
+    assert out.prob_perplexity.shape == (2,)
+    ContrastiveCriterion()(out)[0].backward()
+
+
+def test_ctc_loss_matches_hand_computed_case():
+    # T=2, V=2 (blank 0, symbol 1), target [1]: valid paths 11, 01, 10
+    p = torch.tensor([[0.6, 0.4], [0.3, 0.7]])
+    logits = p.log().unsqueeze(0)  # B x T x V (log-softmax of log-probs is the identity)
+    crit = CtcCriterion(pad_index=-1, eos_index=-2)  # two-symbol vocabulary: no pad/eos entries
+    loss, size, log = crit(logits, torch.tensor([2]), torch.tensor([[1]]), torch.tensor([1]))
+    prob = 0.4 * 0.7 + 0.6 * 0.7 + 0.4 * 0.3
+    assert abs(float(loss) + math.log(prob)) < 1e-5
+    assert size == 1 and log["ntokens"] == 1
+
+
+def test_ctc_criterion_excludes_pad_and_matches_torch_ctcloss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 12, 6)
+    target = torch.tensor([[4, 5, 4, 1, 1], [5, 3, 4, 5, 4]])
+    tl = torch.tensor([3, 5])
+    loss, _, _ = CtcCriterion()(logits, torch.tensor([12, 10]), target, tl)
+    ref = torch.nn.CTCLoss(blank=0, reduction="sum", zero_infinity=True)(
+        logits.log_softmax(-1).transpose(0, 1), torch.tensor([4, 5, 4, 5, 3, 4, 5, 4]), torch.tensor([12, 10]), tl
+    )
+    assert abs(float(loss) - float(ref)) < 1e-4
+
+
+def test_freeze_finetune_updates():
+    cfg = preset("tiny", freeze_finetune_updates=3, **NO_DROP)
+    m = Wav2Vec2ForCTC(cfg, 8).train()
+    x = torch.randn(1, 4000)
+    m.set_num_updates(2)
+    m(x)[0].sum().backward()
+    assert m.w2v_encoder.proj.weight.grad is not None
+    assert all(p.grad is None for p in m.w2v_model.parameters())
+    m.set_num_updates(3)
+    m(x)[0].sum().backward()
+    assert m.w2v_model.encoder.layers[0].fc1.weight.grad is not None
+
+
+def test_feature_grad_mult_scales_extractor_gradient():
+    torch.manual_seed(0)
+    cfg = preset("tiny", feature_grad_mult=1.0, mask_prob=0.0, **NO_DROP)
+    a = Wav2Vec2Model(cfg).train()
+    b = Wav2Vec2Model(cfg.replace(feature_grad_mult=0.1)).train()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 4000)
+    for m in (a, b):
+        m.extract_features(x)[0].sum().backward()
+    ga = a.feature_extractor.conv_layers[0].conv.weight.grad
+    gb = b.feature_extractor.conv_layers[0].conv.weight.grad
+    assert torch.allclose(gb, 0.1 * ga, rtol=1e-4, atol=1e-7)
+
+
+def test_bf16_autocast_forward_backward_on_cpu():
+    torch.manual_seed(0)
+    cfg = preset("tiny", fp32_pos_conv=True, fp32_cosine_sim=True, fp32_transformer_layernorm=True, fp32_conv_norms=True)
+    m = Wav2Vec2Model(cfg).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.randn(2, 8000), generator=torch.Generator().manual_seed(0))
+        loss, _, log = ContrastiveCriterion()(out)
+    loss.backward()
+    assert math.isfinite(log["loss"])

@@ -1,0 +1,75 @@
+"""Negative sampling and contrastive logits (fairseq ``sample_negatives`` / ``compute_preds``)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["sample_negative_indices", "gather_negatives", "contrastive_logits"]
+
+
+def sample_negative_indices(
+    batch: int,
+    num_masked: int,
+    n_negatives: int,
+    cross_sample_negatives: int = 0,
+    generator: Optional[torch.Generator] = None,
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """Indices into the flattened (B*M) table of masked targets, shape B x M x (N + N_cross).
+
+    Within-utterance negatives of masked frame j of utterance b are uniform (with replacement) over the other
+    M - 1 masked frames of b: never the positive itself, never another utterance, never a padded frame (targets
+    are taken at masked frames only, which lie inside each utterance's valid length). Cross-sample negatives are
+    uniform over all B*M - 1 other masked frames of the batch (the reference excludes index j instead of the global
+    index b*M + j, REFERENCE-QUIRKS Q14; we exclude the positive itself).
+    """
+    parts = []
+    pos_local = torch.arange(num_masked, device=device).view(1, num_masked, 1)
+    if n_negatives > 0:
+        if num_masked < 2:
+            raise ValueError(
+                f"need at least 2 masked frames per utterance to draw within-utterance negatives, got {num_masked}"
+            )
+        idx = torch.randint(0, num_masked - 1, (batch, num_masked, n_negatives), generator=generator, device=device)
+        idx = idx + (idx >= pos_local).long()
+        idx = idx + torch.arange(batch, device=device).view(batch, 1, 1) * num_masked
+        parts.append(idx)
+    if cross_sample_negatives > 0:
+        total = batch * num_masked
+        if total < 2:
+            raise ValueError("need at least 2 masked frames in the batch for cross-sample negatives")
+        pos_global = pos_local + torch.arange(batch, device=device).view(batch, 1, 1) * num_masked
+        idx = torch.randint(0, total - 1, (batch, num_masked, cross_sample_negatives), generator=generator, device=device)
+        idx = idx + (idx >= pos_global).long()
+        parts.append(idx)
+    if not parts:
+        return torch.empty(batch, num_masked, 0, dtype=torch.long, device=device)
+    return torch.cat(parts, dim=-1)
+
+
+def gather_negatives(y: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """y: B x M x F, indices: B x M x N (into the flat B*M table) -> negatives N x B x M x F."""
+    b, m, f = y.shape
+    flat = y.reshape(b * m, f)
+    negs = flat[indices.reshape(-1)].view(b, m, -1, f)
+    return negs.permute(2, 0, 1, 3)
+
+
+def contrastive_logits(
+    x: torch.Tensor, y: torch.Tensor, negatives: torch.Tensor, logit_temp: float, fp32: bool = False
+) -> torch.Tensor:
+    """Cosine similarity of x (B x M x D) with the positive y and each negative (N x B x M x D), divided by
+    ``logit_temp``; negatives identical to the positive get -inf. Returns (1 + N) x B x M, positive first."""
+    out_dtype = x.dtype
+    if fp32:
+        x, y, negatives = x.float(), y.float(), negatives.float()
+    neg_is_pos = (negatives == y.unsqueeze(0)).all(-1)
+    targets = torch.cat([y.unsqueeze(0), negatives], dim=0)
+    logits = F.cosine_similarity(x.unsqueeze(0), targets, dim=-1, eps=1e-8)
+    logits = logits / logit_temp
+    if neg_is_pos.any():
+        logits = torch.cat([logits[:1], logits[1:].masked_fill(neg_is_pos, float("-inf"))], dim=0)
+    return logits.to(out_dtype)
