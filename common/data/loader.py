@@ -1,0 +1,247 @@
+"""The training/validation loader: batch plan + worker processes + collation + a resumable position.
+
+``build_loader(dataset, config, world_size, rank)`` does the once-per-run batch formation (order, filter, batch by
+size, concatenate, balance over ranks), logs a :class:`DataSummary` (how many utterances are kept, cropped and
+skipped; an empty result is an error naming the manifest), and returns an :class:`AudioLoader`.
+
+Workers receive whole :class:`~common.data.sampler.BatchPlan` s (a torch ``DataLoader`` with ``batch_size=None``),
+read the audio and collate in the worker, so the main process only receives finished batches.
+
+Position: ``state_dict()`` is ``{"epoch", "batch_in_epoch", ...}`` where ``batch_in_epoch`` counts the batches
+already handed to the caller in that epoch. After ``load_state_dict`` the next iteration over that epoch yields
+exactly the batches (and crops) the original run had not yet consumed; ``batch_in_epoch == len(loader)`` means the
+epoch is complete.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from common.data.batching import (
+    batch_by_size,
+    capped_sizes,
+    concat_batches,
+    filter_by_size,
+    get_bucketed_sizes,
+    get_buckets,
+    num_tokens,
+    ordered_indices,
+)
+from common.data.collate import Collater
+from common.data.dataset import AudioDataset
+from common.data.errors import DataError
+from common.data.sampler import BatchPlan, ShardedBatchSampler, balance_for_ranks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoaderConfig:
+    """Batching and loading options (reference flag names in brackets).
+
+    Attributes:
+        max_tokens: padded samples per (sub-)batch [--max_tokens 1400000 / --max_tokens_valid].
+        max_sentences: utterances per batch, None = unlimited [--batch_size / --batch_size_valid].
+        required_batch_size_multiple: [--required_batch_size_multiple 8].
+        max_sample_size: crop cap, None = unlimited [--max_sample_size 250000 base / 320000 large; None for valid].
+        pad: zero-pad (fine-tuning, inference, --enable_padding) instead of cropping (pre-training).
+        num_batch_buckets: padding buckets, pad only [--num_batch_buckets 0].
+        num_concat_batches: sub-batches per loader batch [--num_concat_batches 1].
+        seed: [--seed 1]; ordering uses it, epoch order uses seed + epoch, crops use (seed, epoch, position).
+        shuffle: shuffle the batch order each epoch (training) or keep size order (validation).
+        filter_long: skip utterances whose token count exceeds max_tokens (training); otherwise such an utterance
+            is an error (validation).
+        num_workers, prefetch_factor, persistent_workers: torch DataLoader options [--num_workers 6].
+        pin_memory: None = when CUDA is available.
+    """
+
+    max_tokens: Optional[int] = 1_400_000
+    max_sentences: Optional[int] = None
+    required_batch_size_multiple: int = 8
+    max_sample_size: Optional[int] = None
+    pad: bool = False
+    num_batch_buckets: int = 0
+    num_concat_batches: int = 1
+    seed: int = 1
+    shuffle: bool = True
+    filter_long: bool = True
+    num_workers: int = 6
+    prefetch_factor: int = 2
+    persistent_workers: bool = True
+    pin_memory: Optional[bool] = None
+
+
+@dataclass
+class DataSummary:
+    """What the batch plan keeps of a manifest (printed before training starts)."""
+
+    manifest: str
+    entries: int
+    skipped_short: int
+    skipped_long: int
+    kept: int
+    longer_than_max_sample_size: int
+    batches: int
+    batches_per_rank: int
+    world_size: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.manifest}: {self.entries} entries, {self.skipped_short} skipped (< min_sample_size), "
+            f"{self.skipped_long} skipped (> max_tokens), {self.kept} kept "
+            f"({self.longer_than_max_sample_size} longer than max_sample_size), {self.batches} batches = "
+            f"{self.batches_per_rank} per rank x {self.world_size} ranks"
+        )
+
+
+class BatchDataset(Dataset):
+    """Maps a :class:`BatchPlan` to a collated batch (runs inside the loader's worker processes)."""
+
+    def __init__(self, dataset: AudioDataset, collater: Collater):
+        self.dataset = dataset
+        self.collater = collater
+
+    def __getitem__(self, plan: BatchPlan) -> Dict[str, Any]:  # type: ignore[override]
+        samples = [self.dataset[int(i)] for i in plan.indices]
+        return self.collater(samples, plan.rng(), plan.sub_batch_sizes)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def _no_collate(batch: Dict[str, Any]) -> Dict[str, Any]:
+    return batch
+
+
+class AudioLoader:
+    """Iterable over this rank's batches of the current epoch, with a resumable position.
+
+    Typical use::
+
+        loader.set_epoch(epoch)           # epochs count from 1
+        for batch in loader: ...          # len(loader) batches per rank per epoch
+        state = loader.state_dict()       # store in the checkpoint; loader.load_state_dict(state) to resume
+    """
+
+    def __init__(self, dataset: AudioDataset, sampler: ShardedBatchSampler, collater: Collater,
+                 config: LoaderConfig, summary: Optional[DataSummary] = None):
+        self.dataset = dataset
+        self.sampler = sampler
+        self.collater = collater
+        self.config = config
+        self.summary = summary
+        self.epoch = sampler.epoch
+        self.batch_in_epoch = 0
+        self._resume_from = 0
+        workers = int(config.num_workers)
+        pin = torch.cuda.is_available() if config.pin_memory is None else bool(config.pin_memory)
+        self._loader = DataLoader(
+            BatchDataset(dataset, collater),
+            batch_size=None,
+            sampler=sampler,
+            collate_fn=_no_collate,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=bool(config.persistent_workers) and workers > 0,
+            prefetch_factor=config.prefetch_factor if workers > 0 else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch to iterate. A position restored for this same epoch is kept; otherwise it starts at 0."""
+        if int(epoch) != self.epoch:
+            self._resume_from = 0
+        self.epoch = int(epoch)
+        self.batch_in_epoch = self._resume_from
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        start, self._resume_from = self._resume_from, 0
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.start = start
+        self.batch_in_epoch = start
+        for batch in self._loader:
+            self.batch_in_epoch += 1
+            yield batch
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The position: epoch, batches consumed in it, and what identifies the batch plan."""
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "batches_per_epoch": len(self),
+            "world_size": self.sampler.world_size,
+            "seed": self.sampler.seed,
+            "plan": self.sampler.digest,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore a position saved by :meth:`state_dict` (the data, world size and batch settings must match)."""
+        mine = self.state_dict()
+        for key in ("world_size", "seed", "batches_per_epoch", "plan"):
+            if key in state and str(state[key]) != str(mine[key]):
+                raise ValueError(
+                    f"cannot resume the data position: saved {key}={state[key]} but this run has {mine[key]} "
+                    "(the manifest, world size, seed or batch settings changed; resume without the data position "
+                    "to start the epoch over)"
+                )
+        pos = int(state["batch_in_epoch"])
+        if not 0 <= pos <= len(self):
+            raise ValueError(f"saved batch_in_epoch={pos} outside [0, {len(self)}]")
+        self.epoch = int(state["epoch"])
+        self._resume_from = pos
+        self.batch_in_epoch = pos
+
+
+def build_loader(dataset: AudioDataset, config: LoaderConfig, world_size: int = 1, rank: int = 0) -> AudioLoader:
+    """Form the run's batches for ``dataset`` and wrap them in an :class:`AudioLoader` for ``rank`` of ``world_size``.
+
+    Raises:
+        DataError: nothing left after filtering (names the manifest and the thresholds), an utterance longer than
+            max_tokens when ``filter_long`` is off, or fewer utterances than ranks (training).
+    """
+    if config.max_sample_size is not None and config.max_sample_size <= 0:
+        raise ValueError(f"max_sample_size must be positive or None, got {config.max_sample_size}")
+    sizes = dataset.sizes
+    manifest = dataset.manifest
+    tokens = num_tokens(sizes, config.pad, config.max_sample_size)
+    order = ordered_indices(sizes, config.seed, config.max_sample_size, shuffle=True)
+    kept, ignored = filter_by_size(order, tokens, config.max_tokens if config.filter_long else None)
+    if len(kept) == 0:
+        raise DataError(
+            f"no utterance of {manifest.path} is left after filtering: {manifest.num_entries} entries, "
+            f"{len(manifest.skipped_indices)} shorter than min_sample_size, {len(ignored)} longer than "
+            f"max_tokens={config.max_tokens} (pad={config.pad}, max_sample_size={config.max_sample_size})"
+        )
+    batches = batch_by_size(kept, tokens, config.max_tokens, config.max_sentences,
+                            config.required_batch_size_multiple)
+    groups = concat_batches(batches, config.num_concat_batches)
+    groups = balance_for_ranks(groups, world_size, allow_empty=not config.shuffle)
+    bucketed = None
+    if config.num_batch_buckets > 0:
+        if not config.pad:
+            raise ValueError("num_batch_buckets > 0 requires pad=True")
+        capped = capped_sizes(sizes, config.max_sample_size)
+        bucketed = get_bucketed_sizes(capped, get_buckets(capped, config.num_batch_buckets))
+    summary = DataSummary(
+        manifest=manifest.path,
+        entries=manifest.num_entries,
+        skipped_short=len(manifest.skipped_indices),
+        skipped_long=len(ignored),
+        kept=len(kept),
+        longer_than_max_sample_size=int((sizes[kept] > config.max_sample_size).sum())
+        if config.max_sample_size is not None else 0,
+        batches=len(groups),
+        batches_per_rank=len(groups) // max(1, world_size),
+        world_size=max(1, world_size),
+    )
+    logger.info("%s", summary.describe())
+    sampler = ShardedBatchSampler(groups, world_size, rank, config.seed, config.shuffle)
+    collater = Collater(pad=config.pad, max_sample_size=config.max_sample_size,
+                        pad_index=dataset.dictionary.pad if dataset.dictionary else 1, bucketed_sizes=bucketed)
+    return AudioLoader(dataset, sampler, collater, config, summary)

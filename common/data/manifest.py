@@ -1,0 +1,163 @@
+"""Manifest (``X.tsv``) and transcript (``X.ltr``) files (reference §4.1, §4.3, §4.4).
+
+``X.tsv``: line 1 is the audio root directory; every further line is ``<path relative to root>\\t<num samples>``.
+Entries shorter than ``min_sample_size`` are skipped (training only); their 0-based entry indices are kept so that
+the labels file, which has one line per manifest entry, can be aligned.
+
+``X.ltr``: one transcript per manifest entry, same order (header excluded). The number of lines must equal the number
+of manifest entries; an empty transcript of a kept entry is an error.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from common.data.errors import DataError, PathLike, where
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Manifest:
+    """The kept entries of a manifest file.
+
+    Attributes:
+        path: the ``.tsv`` file.
+        root: audio root directory (line 1).
+        files: relative path of each kept entry.
+        sizes: int64 number of samples of each kept entry.
+        line_numbers: 1-based line in ``path`` of each kept entry (for error messages).
+        skipped_indices: 0-based entry indices (header excluded) skipped for being shorter than min_sample_size.
+        num_entries: number of entries in the file, kept or not.
+    """
+
+    path: str
+    root: str
+    files: List[str]
+    sizes: np.ndarray
+    line_numbers: np.ndarray
+    skipped_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    num_entries: int = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def audio_path(self, i: int) -> str:
+        return os.path.join(self.root, self.files[i])
+
+
+def read_lines(path: PathLike) -> List[str]:
+    """Lines of a UTF-8 text file without their line terminators (\\n, \\r\\n or \\r; only those)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def load_manifest(path: PathLike, min_sample_size: Optional[int] = None) -> Manifest:
+    """Parse a ``.tsv`` manifest, skipping entries with fewer than ``min_sample_size`` samples.
+
+    Raises:
+        FileNotFoundError: the manifest is missing.
+        DataError: empty file, a line that is not exactly two tab-separated fields, or a size that is not a
+            non-negative integer (message names the file and the 1-based line).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"manifest not found: {path}")
+    lines = read_lines(path)
+    if not lines or not lines[0].strip():
+        raise DataError(f"manifest {path} is empty or its first line (the audio root directory) is blank")
+    root = lines[0].strip()
+    files: List[str] = []
+    sizes: List[int] = []
+    line_numbers: List[int] = []
+    skipped: List[int] = []
+    for entry, raw in enumerate(lines[1:]):
+        line_no = entry + 2
+        fields = raw.strip().split("\t")
+        if len(fields) != 2 or not fields[0]:
+            raise DataError(
+                f"malformed manifest line at {where(path, line_no)}: expected '<relative path>\\t<num samples>', "
+                f"got {raw!r}"
+            )
+        try:
+            size = int(fields[1])
+        except ValueError:
+            size = -1
+        if size < 0:
+            raise DataError(
+                f"malformed manifest line at {where(path, line_no)}: number of samples {fields[1]!r} is not a "
+                "non-negative integer"
+            )
+        if min_sample_size is not None and size < min_sample_size:
+            skipped.append(entry)
+            continue
+        files.append(fields[0])
+        sizes.append(size)
+        line_numbers.append(line_no)
+    logger.info("%s: loaded %d, skipped %d samples", path, len(files), len(skipped))
+    return Manifest(
+        path=path,
+        root=root,
+        files=files,
+        sizes=np.asarray(sizes, dtype=np.int64),
+        line_numbers=np.asarray(line_numbers, dtype=np.int64),
+        skipped_indices=np.asarray(skipped, dtype=np.int64),
+        num_entries=len(lines) - 1,
+    )
+
+
+@dataclass
+class Labels:
+    """Transcripts aligned with the kept entries of a manifest.
+
+    Attributes:
+        path: the labels file (e.g. ``train.ltr``).
+        lines: the transcript of each kept manifest entry (stripped).
+        line_numbers: 1-based line of each in ``path``.
+    """
+
+    path: str
+    lines: List[str]
+    line_numbers: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def load_labels(path: PathLike, manifest: Manifest) -> Labels:
+    """Read the transcripts of ``manifest``'s kept entries from ``path``.
+
+    Raises:
+        FileNotFoundError: the labels file is missing.
+        DataError: line count differs from the manifest's entry count (names both files and counts), or a kept
+            entry has an empty transcript (names the file and line).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"labels file not found: {path} (needed for manifest {manifest.path})")
+    all_lines = read_lines(path)
+    if len(all_lines) != manifest.num_entries:
+        raise DataError(
+            f"labels file {path} has {len(all_lines)} lines but manifest {manifest.path} has "
+            f"{manifest.num_entries} entries (one transcript line per manifest entry expected)"
+        )
+    # entry e of the manifest (0-based, header excluded) is at manifest line e + 2 and label line e + 1
+    entries = manifest.line_numbers - 2
+    lines = []
+    for e in entries.tolist():
+        text = all_lines[e].strip()
+        if not text:
+            raise DataError(
+                f"empty transcript at {where(path, e + 1)} (for {manifest.files[len(lines)]} at "
+                f"{where(manifest.path, e + 2)})"
+            )
+        lines.append(text)
+    return Labels(path=path, lines=lines, line_numbers=entries + 1)

@@ -1,0 +1,139 @@
+"""The loader end to end on tiny FLAC corpora: coverage per rank, resume position with identical crops, summary."""
+import pytest
+import torch
+
+from common.data.bench import write_corpus
+from common.data.dataset import AudioDataset, open_split
+from common.data.errors import DataError
+from common.data.loader import LoaderConfig, build_loader
+from common.data.manifest import load_manifest
+
+LENGTHS = [800 + 97 * i for i in range(40)]  # 800 .. 4583 samples
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    write_corpus(str(d), LENGTHS, split="train", transcripts=[("A B | " * (1 + i % 3)).strip() for i in range(40)])
+    (d / "dict.ltr.txt").write_text("| 9\nA 8\nB 7\n")
+    return d
+
+
+def _cfg(**kw):
+    base = dict(max_tokens=12000, max_sample_size=3000, pad=False, seed=5, num_workers=0)
+    base.update(kw)
+    return LoaderConfig(**base)
+
+
+def _snapshot(batch):
+    return batch["id"].tolist(), batch["source"].clone()
+
+
+def test_every_utterance_once_per_epoch_on_1_2_3_ranks(corpus):
+    ds = AudioDataset(load_manifest(corpus / "train.tsv"))
+    for world in (1, 2, 3):
+        loaders = [build_loader(ds, _cfg(), world, r) for r in range(world)]
+        assert len({len(ld) for ld in loaders}) == 1
+        for epoch in (1, 2):
+            ids = []
+            for ld in loaders:
+                ld.set_epoch(epoch)
+                batches = list(ld)
+                assert len(batches) == len(ld)
+                for b in batches:
+                    assert b["source"].shape[0] * b["source"].shape[1] <= 12000
+                    assert b["source"].shape[1] == min(3000, min(LENGTHS[i] for i in b["id"].tolist()))
+                    ids += b["id"].tolist()
+            assert sorted(ids) == list(range(40))
+
+
+def test_resume_yields_identical_remaining_batches_and_crops(corpus):
+    ds = AudioDataset(load_manifest(corpus / "train.tsv"))
+    ref = build_loader(ds, _cfg(), 2, 1)
+    ref.set_epoch(2)
+    full = [_snapshot(b) for b in ref]
+    assert len(full) >= 4
+
+    run = build_loader(ds, _cfg(), 2, 1)
+    run.set_epoch(2)
+    it = iter(run)
+    for _ in range(3):
+        next(it)
+    state = run.state_dict()
+    assert state["epoch"] == 2 and state["batch_in_epoch"] == 3
+
+    resumed = build_loader(ds, _cfg(num_workers=1), 2, 1)  # a worker process must not change the crops
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)
+    rest = [_snapshot(b) for b in resumed]
+    assert len(rest) == len(full) - 3
+    for (ids_a, src_a), (ids_b, src_b) in zip(full[3:], rest):
+        assert ids_a == ids_b
+        assert torch.equal(src_a, src_b)
+    assert resumed.state_dict()["batch_in_epoch"] == len(resumed)
+    resumed.set_epoch(3)  # the next epoch starts from its beginning
+    assert len(list(resumed)) == len(resumed)
+
+
+def test_resume_with_different_layout_is_refused(corpus):
+    ds = AudioDataset(load_manifest(corpus / "train.tsv"))
+    state = build_loader(ds, _cfg(), 2, 0).state_dict()
+    with pytest.raises(ValueError, match="world_size"):
+        build_loader(ds, _cfg(), 3, 0).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed"):
+        build_loader(ds, _cfg(seed=6), 2, 0).load_state_dict(state)
+    # same count of batches per rank, different composition (max_tokens 12000 -> 14000): refused by the plan hash
+    other = build_loader(ds, _cfg(max_tokens=14000), 2, 0)
+    assert len(other) == state["batches_per_epoch"]
+    with pytest.raises(ValueError, match="plan"):
+        other.load_state_dict(state)
+    build_loader(ds, _cfg(), 2, 0).load_state_dict(state)  # identical settings: accepted
+
+
+def test_labelled_padded_validation_loader(corpus):
+    ds = open_split(corpus, "train", labels="ltr")
+    ld = build_loader(ds, _cfg(pad=True, max_sample_size=None, shuffle=False, filter_long=False, max_tokens=20000))
+    batches = list(ld)
+    assert sum(len(b["id"]) for b in batches) == 40
+    b = batches[0]
+    assert b["id"].tolist()[0] == 39  # size order, longest first
+    i = b["id"].tolist()
+    assert b["lengths"].tolist() == [LENGTHS[k] for k in i]
+    assert b["target_lengths"].tolist() == [3 * (1 + k % 3) for k in i]  # "A B |" repeated 1..3 times
+    assert b["ntokens"] == int(b["target_lengths"].sum())
+    assert (b["target"][b["target_lengths"].argmin(), -1] == 1).item()
+
+
+def test_summary_and_empty_after_filtering(corpus, caplog):
+    ds = AudioDataset(load_manifest(corpus / "train.tsv", min_sample_size=1000))
+    ld = build_loader(ds, _cfg(max_tokens=4000, pad=True, max_sample_size=None))
+    s = ld.summary
+    # lengths 800+97i: < 1000 for i <= 2 (3 skipped); > 4000 for i >= 33 (7 skipped)
+    assert (s.entries, s.skipped_short, s.skipped_long, s.kept) == (40, 3, 7, 30)
+    with pytest.raises(DataError, match=r"no utterance of .*train\.tsv is left after filtering.*40 entries"):
+        build_loader(ds, _cfg(max_tokens=500, pad=True, max_sample_size=None))
+    with pytest.raises(DataError, match="longer than max_tokens"):
+        build_loader(ds, _cfg(max_tokens=4000, pad=True, max_sample_size=None, filter_long=False))
+
+
+def test_concat_batches_sub_batch_sizes(corpus):
+    ds = AudioDataset(load_manifest(corpus / "train.tsv"))
+    ld = build_loader(ds, _cfg(num_concat_batches=2))
+    n_sub = [b["sub_batch_sizes"].tolist() for b in ld]
+    assert all(1 <= len(s) <= 2 for s in n_sub)
+    assert sum(sum(s) for s in n_sub) == 40
+    assert any(len(s) == 2 for s in n_sub)
+
+
+def test_padding_buckets(corpus):
+    ds = AudioDataset(load_manifest(corpus / "train.tsv"))
+    ld = build_loader(ds, _cfg(pad=True, max_sample_size=None, max_tokens=20000, num_batch_buckets=2))
+    # 'lower' percentiles of 800 + 97 i (i < 40): 50 % -> i = 19 -> 2643; 100 % -> 4583
+    seen = 0
+    for b in ld:
+        longest = max(LENGTHS[k] for k in b["id"].tolist())
+        assert b["source"].shape[1] == (2643 if longest <= 2643 else 4583)
+        seen += len(b["id"])
+    assert seen == 40
+    with pytest.raises(ValueError, match="requires pad"):
+        build_loader(ds, _cfg(num_batch_buckets=2))
