@@ -1,0 +1,244 @@
+"""Optimizer construction, gradient normalisation and clipping (REFERENCE.md §5.3, §5.4).
+
+Reference facts this module follows:
+
+* ``--optimizer adam`` only; betas ``--adam_betas`` (0.9, 0.98); eps ``--adam_eps`` 1e-6 (pre-training; the
+  fine-tuning scripts pass 1e-8); ``--weight_decay`` 0.01 (fine-tuning scripts 0.0), decoupled (AdamW: the apex
+  FusedAdam V2 / ``torch.optim.AdamW`` update ``p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)``).
+* ONE parameter group with every trainable parameter: weight decay applies to biases, norm weights, ``mask_emb``,
+  codebook ``vars`` and pos-conv ``weight_g`` alike (no "no-decay" groups).
+* The gradient the optimizer sees is ``g = (sum over ranks and micro-batches of grad of the SUMMED loss) / S`` where
+  S is the all-reduced ``sample_size`` (masked frames in pre-training, utterances in fine-tuning). DDP averages over
+  ranks, so the trainer multiplies by ``W / S`` (:func:`normalize_gradients`).
+* ``--clip_norm`` (0 = off; 25 in pre-training scripts) clips by the global L2 norm of the normalised gradients.
+  Deviation (Q3): the reference clips only in fp16/bf16 runs; :func:`clip_grad_norm` is meant to be called in every
+  precision mode, and the FP32 path always normalises gradients by S/W (the modern apex kernel ignored it).
+
+Implementation choice: torch ``AdamW`` with ``fused=True`` when every parameter is on CUDA, ``foreach=True``
+otherwise; NVIDIA apex ``FusedAdam`` (AdamW mode) only on request or when ``implementation="auto"`` prefers it on
+CUDA and apex is genuinely NVIDIA's (``apex.optimizers.FusedAdam`` exists).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
+
+import torch
+
+__all__ = [
+    "OptimizerConfig",
+    "PRETRAIN_ADAM_EPS",
+    "FINETUNE_ADAM_EPS",
+    "nvidia_apex_fused_adam",
+    "build_optimizer",
+    "gradient_normalization_factor",
+    "scale_gradients",
+    "normalize_gradients",
+    "grad_norm",
+    "clip_grad_norm",
+    "adam_state_from_reference",
+]
+
+PRETRAIN_ADAM_EPS = 1e-6
+FINETUNE_ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Adam settings; names follow the reference flags (§8.1).
+
+    Attributes:
+        lr: initial lr (the scheduler overwrites it; the reference sets policy(1) right after construction).
+        adam_betas: ``--adam_betas``, default (0.9, 0.98).
+        adam_eps: ``--adam_eps``, default 1e-6 (fine-tuning scripts: 1e-8).
+        weight_decay: ``--weight_decay``, default 0.01 (fine-tuning scripts: 0.0), decoupled, on every parameter.
+        clip_norm: ``--clip_norm``, default 0.0 (off); pre-training scripts 25.
+        implementation: "auto" | "torch" | "apex".  "auto": apex FusedAdam if genuine NVIDIA apex is importable and
+            the parameters are on CUDA, else torch AdamW (fused on CUDA, foreach elsewhere).
+    """
+
+    lr: float = 5e-4
+    adam_betas: Tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = PRETRAIN_ADAM_EPS
+    weight_decay: float = 0.01
+    clip_norm: float = 0.0
+    implementation: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.implementation not in ("auto", "torch", "apex"):
+            raise ValueError(f"implementation must be auto|torch|apex, got {self.implementation!r}")
+        if len(self.adam_betas) != 2:
+            raise ValueError("--adam_betas needs two values")
+
+
+def nvidia_apex_fused_adam():
+    """Return NVIDIA apex's ``FusedAdam`` class, or None when apex is absent or is another package named apex."""
+    try:
+        optimizers = importlib.import_module("apex.optimizers")
+    except Exception:  # ImportError, or a broken/foreign apex raising on import
+        return None
+    cls = getattr(optimizers, "FusedAdam", None)
+    return cls if isinstance(cls, type) else None
+
+
+def _trainable(params: Iterable) -> List[torch.nn.Parameter]:
+    out = []
+    for p in params:
+        if isinstance(p, dict):
+            raise TypeError("pass parameters, not param groups: the reference uses one group for all parameters")
+        if p.requires_grad:
+            out.append(p)
+    if not out:
+        raise ValueError("no trainable parameters")
+    return out
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Adam with decoupled weight decay over ONE param group of all trainable ``params`` (reference §5.4).
+
+    The chosen implementation is recorded as ``optimizer.implementation_name`` (e.g. "torch.AdamW(fused)").
+    """
+    plist = _trainable(params)
+    on_cuda = all(p.is_cuda for p in plist)
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    apex_cls = nvidia_apex_fused_adam() if cfg.implementation in ("auto", "apex") else None
+    if cfg.implementation == "apex" and (apex_cls is None or not on_cuda):
+        raise RuntimeError("implementation='apex' needs NVIDIA apex (apex.optimizers.FusedAdam) and CUDA parameters")
+    if apex_cls is not None and on_cuda:
+        opt = apex_cls(plist, adam_w_mode=True, **kwargs)
+        name = "apex.FusedAdam"
+    elif on_cuda and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in plist):
+        opt = torch.optim.AdamW(plist, fused=True, **kwargs)
+        name = "torch.AdamW(fused)"
+    else:
+        opt = torch.optim.AdamW(plist, foreach=True, **kwargs)
+        name = "torch.AdamW(foreach)"
+    opt.implementation_name = name  # type: ignore[attr-defined]
+    return opt
+
+
+def gradient_normalization_factor(world_size: int, sample_size: float, loss_scale: float = 1.0) -> float:
+    """``W / (S * loss_scale)``: turns DDP-averaged gradients of the summed (and loss-scaled) loss into ``g``.
+
+    ``sample_size`` is the all-reduced S summed over every micro-batch and rank of the update. S == 0 (an update
+    without any masked frame / utterance) gives 0, i.e. no parameter change from the gradients.
+    """
+    if world_size < 1:
+        raise ValueError("world_size must be >= 1")
+    if loss_scale <= 0:
+        raise ValueError("loss_scale must be > 0")
+    if sample_size <= 0:
+        return 0.0
+    return float(world_size) / (float(sample_size) * float(loss_scale))
+
+
+def _grads(params: Iterable[torch.nn.Parameter]) -> List[torch.Tensor]:
+    return [p.grad for p in params if p.grad is not None]
+
+
+def scale_gradients(params: Iterable[torch.nn.Parameter], factor: float) -> None:
+    """Multiply every existing gradient by ``factor`` in place."""
+    grads = _grads(params)
+    if not grads or factor == 1.0:
+        return
+    if hasattr(torch, "_foreach_mul_"):
+        torch._foreach_mul_(grads, factor)
+    else:  # pragma: no cover
+        for g in grads:
+            g.mul_(factor)
+
+
+def normalize_gradients(params: Iterable[torch.nn.Parameter], world_size: int, sample_size: float,
+                        loss_scale: float = 1.0) -> float:
+    """Multiply gradients by ``world_size / (sample_size * loss_scale)``; returns the factor used.
+
+    Call once per update, after the last micro-batch's backward (DDP has averaged over ranks) and before clipping.
+    """
+    params = list(params)
+    factor = gradient_normalization_factor(world_size, sample_size, loss_scale)
+    scale_gradients(params, factor)
+    return factor
+
+
+def grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
+    """Global L2 norm of all gradients (computed in float32; inf/NaN propagate)."""
+    grads = _grads(params)
+    if not grads:
+        return 0.0
+    device = grads[0].device
+    if all(g.device == device for g in grads):
+        try:
+            norms = list(torch._foreach_norm([g.detach() for g in grads], 2, dtype=torch.float32))
+        except (AttributeError, TypeError, RuntimeError):  # older torch without the dtype argument
+            norms = [torch.linalg.vector_norm(g.detach(), 2, dtype=torch.float32) for g in grads]
+    else:
+        norms = [torch.linalg.vector_norm(g.detach(), 2, dtype=torch.float32).to(device) for g in grads]
+    return float(torch.linalg.vector_norm(torch.stack(norms), 2))
+
+
+def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip gradients to global L2 norm ``max_norm`` (``--clip_norm``; 0 = off) and return the norm before clipping.
+
+    Applied in every precision mode (Q3 fixed). A non-finite norm is returned unchanged and no clipping is done: the
+    caller (loss scaler / health check) decides to skip the update. Gradients are scaled by ``max_norm / norm`` only
+    when ``norm > max_norm > 0`` (fairseq semantics: no epsilon).
+    """
+    params = list(params)
+    total = grad_norm(params)
+    if max_norm > 0 and math.isfinite(total) and total > max_norm:
+        scale_gradients(params, max_norm / total)
+    return total
+
+
+def adam_state_from_reference(ref_state: Mapping[str, Any], params: Iterable[torch.nn.Parameter],
+                              optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """Convert a reference checkpoint's ``optimizer`` entry (REFERENCE.md §2.2) into ``optimizer.state_dict()``
+    form for our one-group AdamW over ``params`` (the trainable parameters in ``model.parameters()`` order).
+
+    Handles the mixed-precision layout (the inner Adam's state for ONE flat fp32 tensor: ``step``, ``exp_avg``,
+    ``exp_avg_sq``, split back per parameter) and the FP32 apex FusedAdam layout (per-parameter moments; ``step`` in
+    the param group). Hyper-parameters (lr, betas, eps, weight_decay) are taken from the reference's group; the
+    ``loss_scale`` entry is ignored here (give it to the loss scaler).
+    """
+    plist = [p for p in params if p.requires_grad]
+    ref_groups = ref_state.get("param_groups") or [{}]
+    ref_group = ref_groups[0]
+    ref_entries = list(ref_state.get("state", {}).values())
+    total = sum(p.numel() for p in plist)
+
+    def step_of(entry: Mapping[str, Any]) -> float:
+        st = entry.get("step", ref_group.get("step", 0))
+        return float(st.item() if hasattr(st, "item") else st)
+
+    new_state: Dict[int, Dict[str, Any]] = {}
+    if len(ref_entries) == 1 and ref_entries[0]["exp_avg"].numel() == total:
+        flat = ref_entries[0]
+        offset = 0
+        for i, p in enumerate(plist):
+            n = p.numel()
+            new_state[i] = {
+                "step": torch.tensor(step_of(flat), dtype=torch.float32),
+                "exp_avg": flat["exp_avg"].reshape(-1)[offset:offset + n].view_as(p).to(p.device, torch.float32),
+                "exp_avg_sq": flat["exp_avg_sq"].reshape(-1)[offset:offset + n].view_as(p).to(p.device,
+                                                                                              torch.float32),
+            }
+            offset += n
+    else:
+        if len(ref_entries) != len(plist):
+            raise ValueError(f"reference optimizer state has {len(ref_entries)} entries for {len(plist)} parameters")
+        for i, (p, entry) in enumerate(zip(plist, ref_entries)):
+            if entry["exp_avg"].shape != p.shape:
+                raise ValueError(f"parameter {i}: reference moment shape {tuple(entry['exp_avg'].shape)} "
+                                 f"!= {tuple(p.shape)}")
+            new_state[i] = {"step": torch.tensor(step_of(entry), dtype=torch.float32),
+                            "exp_avg": entry["exp_avg"].to(p.device, torch.float32).clone(),
+                            "exp_avg_sq": entry["exp_avg_sq"].to(p.device, torch.float32).clone()}
+    ours = optimizer.state_dict()
+    group = dict(ours["param_groups"][0])
+    for key in ("lr", "betas", "eps", "weight_decay"):
+        if key in ref_group:
+            group[key] = tuple(ref_group[key]) if key == "betas" else ref_group[key]
+    return {"state": new_state, "param_groups": [group]}

@@ -1,0 +1,225 @@
+"""Optimizer, gradient normalisation and clipping (REFERENCE.md §5.3-5.4)."""
+
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from common.optim import (
+    adam_state_from_reference,
+    FINETUNE_ADAM_EPS,
+    OptimizerConfig,
+    build_optimizer,
+    clip_grad_norm,
+    grad_norm,
+    gradient_normalization_factor,
+    normalize_gradients,
+    nvidia_apex_fused_adam,
+)
+
+
+def _params(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.nn.Parameter(torch.randn(3, 4, generator=g, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.randn(4, generator=g, dtype=torch.float64))
+    return [w, b]
+
+
+def test_defaults_follow_reference():
+    cfg = OptimizerConfig()
+    assert cfg.adam_betas == (0.9, 0.98) and cfg.adam_eps == 1e-6 and cfg.weight_decay == 0.01
+    assert cfg.clip_norm == 0.0 and FINETUNE_ADAM_EPS == 1e-8
+    opt = build_optimizer(_params(), cfg)
+    # one group with every trainable parameter (biases included), decoupled decay
+    assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 2
+    assert opt.param_groups[0]["weight_decay"] == 0.01
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.implementation_name == "torch.AdamW(foreach)"
+
+
+def test_frozen_parameters_excluded():
+    ps = _params()
+    ps[1].requires_grad_(False)
+    assert len(build_optimizer(ps, OptimizerConfig()).param_groups[0]["params"]) == 1
+
+
+def _hand_adamw(p, grads, lr, b1, b2, eps, wd):
+    """The §5.4 apex-V2 update written out with numpy."""
+    p = p.copy()
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        mh, vh = m / (1 - b1 ** t), v / (1 - b2 ** t)
+        p = p - lr * (mh / (np.sqrt(vh) + eps) + wd * p)
+    return p
+
+
+@pytest.mark.parametrize("eps,wd", [(1e-6, 0.01), (1e-8, 0.0)])
+def test_adam_step_matches_hand_formula_and_torch_adamw(eps, wd):
+    ours = _params()
+    oracle = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    start = [p.detach().numpy().copy() for p in ours]
+    cfg = OptimizerConfig(lr=1e-2, adam_eps=eps, weight_decay=wd)
+    opt = build_optimizer(ours, cfg)
+    ref = torch.optim.AdamW(oracle, lr=1e-2, betas=(0.9, 0.98), eps=eps, weight_decay=wd, foreach=False)
+    rng = np.random.default_rng(1)
+    grads = [[rng.standard_normal(p.shape) for p in ours] for _ in range(3)]
+    for gs in grads:
+        for p, q, g in zip(ours, oracle, gs):
+            p.grad = torch.from_numpy(g.copy())
+            q.grad = torch.from_numpy(g.copy())
+        opt.step()
+        ref.step()
+    for i, (p, q) in enumerate(zip(ours, oracle)):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-14)
+        hand = _hand_adamw(start[i], [gs[i] for gs in grads], 1e-2, 0.9, 0.98, eps, wd)
+        np.testing.assert_allclose(p.detach().numpy(), hand, rtol=1e-10, atol=1e-13)
+
+
+def test_normalization_factor_values():
+    assert gradient_normalization_factor(8, 1000) == 8 / 1000
+    assert gradient_normalization_factor(1, 10, loss_scale=128.0) == 1 / 1280
+    assert gradient_normalization_factor(2, 0) == 0.0
+
+
+def _summed_loss_grads(w, xs):
+    """gradient of the SUMMED squared-error loss of one micro-batch; returns (grad, sample_size)."""
+    w = w.detach().clone().requires_grad_(True)
+    loss = ((xs @ w) ** 2).sum()
+    loss.backward()
+    return w.grad.clone(), xs.shape[0]
+
+
+def test_one_rank_two_microbatches_equals_two_ranks_one_each():
+    g = torch.Generator().manual_seed(3)
+    w0 = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    mb1 = torch.randn(7, 5, generator=g, dtype=torch.float64)   # S1 = 7
+    mb2 = torch.randn(3, 5, generator=g, dtype=torch.float64)   # S2 = 3
+    g1, s1 = _summed_loss_grads(w0, mb1)
+    g2, s2 = _summed_loss_grads(w0, mb2)
+    total_s = s1 + s2
+    # 1 rank x 2 accumulated micro-batches: grads add up, world_size 1
+    pa = torch.nn.Parameter(w0.clone())
+    pa.grad = g1 + g2
+    normalize_gradients([pa], world_size=1, sample_size=total_s)
+    # 2 ranks x 1 micro-batch: DDP averages the per-rank grads, S all-reduced over ranks
+    pb = torch.nn.Parameter(w0.clone())
+    pb.grad = (g1 + g2) / 2
+    normalize_gradients([pb], world_size=2, sample_size=total_s)
+    torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-12, atol=0)
+    # independent oracle: gradient of the global mean loss over all 10 samples
+    w = w0.clone().requires_grad_(True)
+    ((torch.cat([mb1, mb2]) @ w) ** 2).sum().div(total_s).backward()
+    torch.testing.assert_close(pa.grad, w.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_normalization_undoes_loss_scale():
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([128.0 * 4, -128.0 * 8])  # loss-scaled by 128, sample size 4
+    normalize_gradients([p], world_size=1, sample_size=4, loss_scale=128.0)
+    assert p.grad.tolist() == [1.0, -2.0]
+
+
+def test_clip_grad_norm_returns_total_norm_and_clips():
+    a = torch.nn.Parameter(torch.zeros(2))
+    b = torch.nn.Parameter(torch.zeros(1))
+    a.grad = torch.tensor([3.0, 0.0])
+    b.grad = torch.tensor([4.0])
+    assert clip_grad_norm([a, b], 25.0) == pytest.approx(5.0)   # below max: unchanged
+    assert a.grad.tolist() == [3.0, 0.0]
+    assert clip_grad_norm([a, b], 1.0) == pytest.approx(5.0)    # norm before clipping
+    assert a.grad.tolist() == pytest.approx([0.6, 0.0]) and b.grad.tolist() == pytest.approx([0.8])
+    assert grad_norm([a, b]) == pytest.approx(1.0)
+    assert clip_grad_norm([a, b], 0.0) == pytest.approx(1.0)    # 0 = off, still reports the norm
+
+
+def test_clip_with_non_finite_norm_leaves_grads():
+    a = torch.nn.Parameter(torch.zeros(2))
+    a.grad = torch.tensor([float("inf"), 1.0])
+    assert math.isinf(clip_grad_norm([a], 1.0))
+    assert a.grad[1].item() == 1.0
+    a.grad = torch.tensor([float("nan"), 1.0])
+    assert math.isnan(clip_grad_norm([a], 1.0))
+
+
+def test_missing_grads_are_skipped():
+    a = torch.nn.Parameter(torch.zeros(2))
+    b = torch.nn.Parameter(torch.zeros(2))
+    b.grad = torch.tensor([0.0, 2.0])
+    assert grad_norm([a, b]) == 2.0 and grad_norm([a]) == 0.0
+
+
+def test_apex_detection_requires_nvidia_fused_adam(monkeypatch):
+    fake = types.ModuleType("apex")
+    fake_opt = types.ModuleType("apex.optimizers")  # another "apex" package: no FusedAdam
+    monkeypatch.setitem(sys.modules, "apex", fake)
+    monkeypatch.setitem(sys.modules, "apex.optimizers", fake_opt)
+    assert nvidia_apex_fused_adam() is None
+
+    class FusedAdam:  # noqa: D401 - stand-in for NVIDIA's class
+        pass
+
+    fake_opt.FusedAdam = FusedAdam
+    assert nvidia_apex_fused_adam() is FusedAdam
+    # on CPU parameters apex is never chosen by "auto"
+    assert build_optimizer(_params(), OptimizerConfig()).implementation_name.startswith("torch")
+    with pytest.raises(RuntimeError):
+        build_optimizer(_params(), OptimizerConfig(implementation="apex"))
+
+
+def test_invalid_config():
+    with pytest.raises(ValueError):
+        OptimizerConfig(implementation="lamb")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_adamw_on_cuda_matches_hand_formula():
+    p = torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0], device="cuda"))
+    opt = build_optimizer([p], OptimizerConfig(lr=1e-2, implementation="torch"))
+    assert opt.implementation_name == "torch.AdamW(fused)"
+    g = np.array([0.1, -0.2, 0.3])
+    p.grad = torch.tensor(g, dtype=torch.float32, device="cuda")
+    opt.step()
+    hand = _hand_adamw(np.array([0.5, -1.0, 2.0]), [g], 1e-2, 0.9, 0.98, 1e-6, 0.01)
+    np.testing.assert_allclose(p.detach().cpu().numpy(), hand, rtol=1e-5, atol=1e-6)
+
+
+def _two_params():
+    return [torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(4))]
+
+
+def test_reference_flat_mixed_precision_state_is_split_per_parameter():
+    params = _two_params()
+    opt = build_optimizer(params, OptimizerConfig())
+    flat_m = torch.arange(10, dtype=torch.float32)
+    ref = {"state": {0: {"step": 7, "exp_avg": flat_m, "exp_avg_sq": flat_m * 2}},
+           "param_groups": [{"params": [0], "lr": 3e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01}],
+           "loss_scale": 256.0}
+    opt.load_state_dict(adam_state_from_reference(ref, params, opt))
+    st = opt.state[params[0]]
+    assert st["exp_avg"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert opt.state[params[1]]["exp_avg_sq"].tolist() == [12, 14, 16, 18]
+    assert float(st["step"]) == 7 and opt.param_groups[0]["lr"] == 3e-4
+    # the next step continues the bias-correction count at t = 8
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert float(opt.state[params[1]]["step"]) == 8
+
+
+def test_reference_fp32_per_parameter_state():
+    params = _two_params()
+    opt = build_optimizer(params, OptimizerConfig())
+    ref = {"state": {0: {"exp_avg": torch.ones(2, 3), "exp_avg_sq": torch.ones(2, 3)},
+                     1: {"exp_avg": torch.full((4,), 2.0), "exp_avg_sq": torch.ones(4)}},
+           "param_groups": [{"params": [0, 1], "lr": 1e-4, "step": 5}]}
+    opt.load_state_dict(adam_state_from_reference(ref, params, opt))
+    assert opt.state[params[1]]["exp_avg"].tolist() == [2.0] * 4 and float(opt.state[params[0]]["step"]) == 5
+    bad = {"state": {0: {"exp_avg": torch.ones(3), "exp_avg_sq": torch.ones(3)}}, "param_groups": [{}]}
+    with pytest.raises(ValueError):
+        adam_state_from_reference(bad, params, opt)
