@@ -1,0 +1,207 @@
+"""Download, checksum and extraction helpers (standard library only: urllib, hashlib, tarfile).
+
+* :func:`download_file` streams a URL (``http(s)://``, ``file://`` or a plain local path) to ``dest``
+  through ``dest + ".tmp"`` and a final rename. A leftover ``.tmp`` from an interrupted run is resumed:
+  with an HTTP ``Range`` request (falling back to a full download when the server ignores it), or by
+  seeking for local files. A progress line with size, rate and ETA is printed to stderr.
+* :func:`md5sum` hashes a file in 1 MiB chunks.
+* :func:`extract` unpacks ``.tar.gz``/``.tgz``/``.tar`` archives, refusing members that would land
+  outside the destination.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from .common import DataToolError, format_duration
+
+CHUNK_SIZE = 1 << 20  # 1 MiB, as the reference
+
+
+class _Progress:
+    """Throttled single-line progress report: ``name: done/total MB (pct) rate MB/s ETA``."""
+
+    def __init__(self, name: str, total: int | None, start_offset: int, enabled: bool, stream=None):
+        self.name = name
+        self.total = total
+        self.start_offset = start_offset
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.t0 = time.monotonic()
+        self.last = 0.0
+
+    def update(self, done: int, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not final and now - self.last < 0.5:
+            return
+        self.last = now
+        elapsed = max(now - self.t0, 1e-6)
+        rate = (done - self.start_offset) / elapsed
+        mb = done / 1e6
+        if self.total:
+            pct = 100.0 * done / self.total
+            eta = (self.total - done) / rate if rate > 0 else float("inf")
+            eta_s = format_duration(eta) if eta != float("inf") else "--:--"
+            line = (f"{self.name}: {mb:.1f}/{self.total / 1e6:.1f} MB ({pct:5.1f}%) "
+                    f"{rate / 1e6:.2f} MB/s ETA {eta_s}")
+        else:
+            line = f"{self.name}: {mb:.1f} MB {rate / 1e6:.2f} MB/s"
+        end = "\n" if final else ""
+        self.stream.write(f"\r{line}   {end}")
+        self.stream.flush()
+
+
+def _local_path(url: str) -> str | None:
+    """The filesystem path for a ``file://`` URL or a plain path; None for network URLs."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return urllib.request.url2pathname(parsed.path)
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return url
+    return None
+
+
+def join_url(base: str, name: str) -> str:
+    """``base`` + ``/`` + ``name`` for URLs and local directories alike."""
+    return base.rstrip("/") + "/" + name
+
+
+def download_file(url: str, dest: str, *, resume: bool = True, progress: bool = True,
+                  chunk_size: int = CHUNK_SIZE, timeout: float = 60.0) -> str:
+    """Download ``url`` to ``dest`` (skipped when ``dest`` exists); return ``dest``.
+
+    Data goes to ``dest + ".tmp"`` first; an existing ``.tmp`` is continued when ``resume`` is true.
+    Raises :class:`DataToolError` on any failure (the ``.tmp`` is kept so that a rerun resumes).
+    """
+    if os.path.exists(dest):
+        print(f"{dest} exists, skipping download", file=sys.stderr)
+        return dest
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    tmp = dest + ".tmp"
+    offset = os.path.getsize(tmp) if (resume and os.path.exists(tmp)) else 0
+    name = os.path.basename(dest)
+    local = _local_path(url)
+    try:
+        if local is not None:
+            _copy_local(local, tmp, offset, name, progress, chunk_size)
+        else:
+            _download_http(url, tmp, offset, name, progress, chunk_size, timeout)
+    except (urllib.error.URLError, OSError) as exc:
+        raise DataToolError(f"download of {url} failed: {exc}; partial data kept in {tmp}, "
+                            "rerun to resume") from None
+    os.replace(tmp, dest)
+    return dest
+
+
+def _copy_local(src: str, tmp: str, offset: int, name: str, progress: bool, chunk_size: int) -> None:
+    if not os.path.isfile(src):
+        raise DataToolError(f"source file {src} does not exist")
+    total = os.path.getsize(src)
+    if offset > total:
+        offset = 0  # stale .tmp longer than the source: start again
+    if offset:
+        print(f"resuming {name} at byte {offset}", file=sys.stderr)
+    prog = _Progress(name, total, offset, progress)
+    with open(src, "rb") as fin, open(tmp, "r+b" if offset else "wb") as fout:
+        fin.seek(offset)
+        fout.seek(offset)
+        fout.truncate()
+        done = offset
+        while True:
+            chunk = fin.read(chunk_size)
+            if not chunk:
+                break
+            fout.write(chunk)
+            done += len(chunk)
+            prog.update(done)
+    prog.update(done, final=True)
+
+
+def _download_http(url: str, tmp: str, offset: int, name: str, progress: bool, chunk_size: int,
+                   timeout: float) -> None:
+    headers = {"User-Agent": "wav2vec2-trainer-data-tools"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:
+            # Range not satisfiable: the partial file already holds everything (checked by MD5 later).
+            print(f"{name}: server reports the partial download is complete", file=sys.stderr)
+            return
+        raise
+    with response:
+        status = getattr(response, "status", 200)
+        length = response.headers.get("Content-Length")
+        if offset and status == 206:
+            print(f"resuming {name} at byte {offset}", file=sys.stderr)
+            mode = "ab"
+            total = offset + int(length) if length is not None else None
+        else:
+            if offset:
+                print(f"{name}: server ignored the range request, restarting", file=sys.stderr)
+            offset = 0
+            mode = "wb"
+            total = int(length) if length is not None else None
+        prog = _Progress(name, total, offset, progress)
+        done = offset
+        with open(tmp, mode) as fout:
+            while True:
+                chunk = response.read(chunk_size)
+                if not chunk:
+                    break
+                fout.write(chunk)
+                done += len(chunk)
+                prog.update(done)
+        prog.update(done, final=True)
+    if total is not None and done != total:
+        raise DataToolError(f"download of {url} ended early ({done} of {total} bytes); "
+                            f"partial data kept in {tmp}, rerun to resume")
+
+
+def md5sum(path: str, chunk_size: int = CHUNK_SIZE) -> str:
+    """Hex MD5 digest of a file."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_member(member: tarfile.TarInfo, dest_real: str, archive: str) -> None:
+    target = os.path.realpath(os.path.join(dest_real, member.name))
+    if target != dest_real and not target.startswith(dest_real + os.sep):
+        raise DataToolError(f"{archive}: member {member.name!r} would be extracted outside {dest_real}")
+    if member.issym() or member.islnk():
+        raise DataToolError(f"{archive}: link member {member.name!r} refused")
+
+
+def extract(archive: str, dest: str) -> None:
+    """Extract a ``.tar.gz``/``.tgz``/``.tar`` archive into ``dest`` safely."""
+    if not (archive.endswith((".tar.gz", ".tgz", ".tar"))):
+        raise DataToolError(f"{archive}: unsupported archive type (expected .tar.gz, .tgz or .tar)")
+    os.makedirs(dest, exist_ok=True)
+    dest_real = os.path.realpath(dest)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                _check_member(m, dest_real, archive)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:  # pragma: no cover - Python < 3.11.4
+                tar.extractall(dest, members=members)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataToolError(f"{archive}: extraction failed: {exc}") from None
+
+
+__all__ = ["download_file", "md5sum", "extract", "join_url", "CHUNK_SIZE"]

@@ -1,0 +1,50 @@
+"""Build a label dictionary (``dict.ltr.txt``) from a letter label file.
+
+Usage::
+
+    python -m utils.generate_dictionary IN.ltr OUT.txt
+
+Counts every character of every line (line terminator and spaces excluded, ``|`` counted) and writes
+``<symbol> <count>`` lines by descending count; equal counts are ordered by symbol (code point), so
+the result does not depend on line order. Unlike the reference, the last character of a line is
+never dropped (the reference removed it assuming a newline; a final line without one lost a letter).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+
+from .common import DataToolError, run_main, write_lines
+
+
+def count_symbols(path: str) -> Counter:
+    if not os.path.isfile(path):
+        raise DataToolError(f"label file {path} does not exist")
+    counts = Counter()
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            counts.update(line.rstrip("\r\n").replace(" ", ""))
+    return counts
+
+
+def dictionary_lines(counts: Counter) -> list:
+    return [f"{sym} {n}" for sym, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m utils.generate_dictionary", description=__doc__.split("\n")[0])
+    p.add_argument("input", metavar="IN_LTR")
+    p.add_argument("output", metavar="OUT_TXT")
+    args = p.parse_args(argv)
+    counts = count_symbols(args.input)
+    if not counts:
+        raise DataToolError(f"{args.input}: no symbols found")
+    write_lines(args.output, dictionary_lines(counts))
+    print(f"{args.output}: {len(counts)} symbols", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

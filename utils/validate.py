@@ -1,0 +1,318 @@
+"""Check a data set against a training configuration before training starts.
+
+Usage::
+
+    python -m utils.validate --data DIR --subset train [--labels ltr|none] [--dict DIR/dict.ltr.txt]
+        [--min-sample-size N] [--max-sample-size N] [--max-tokens N] [--pad | --no-pad]
+        [--preset pretrain-base|pretrain-large] [--sample-rate 16000] [--decode] [--json OUT]
+
+Mirrors the reference's manifest filtering (see docs/DATA_TOOLS.md): an entry whose manifest size is
+below ``min_sample_size`` is skipped; its token count (its size, capped at ``max_sample_size`` when
+padding is off) must not exceed ``max_tokens`` or it is skipped; kept entries longer than
+``max_sample_size`` are cropped when batched. In addition every audio file is opened (header only,
+or fully decoded with ``--decode``) and reported unreadable when missing, corrupt, at another sample
+rate or multi-channel; manifest sizes that disagree with the file are reported; the label file must
+have one line per manifest entry; label symbols absent from the dictionary are listed with the
+file and line of their first occurrence.
+
+Exit status 0 when the data set is usable, 1 when the kept set is empty, labels and manifest
+disagree, files are unreadable or symbols are missing from the dictionary (2 for usage errors).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+import soundfile as sf
+
+from .common import DataToolError, read_manifest, run_main
+
+# Reference recipe values (pretrain_base.sh / pretrain_large.sh): pre-training crops (pad off).
+PRESETS = {
+    "pretrain-base": dict(min_sample_size=32000, max_sample_size=250000, max_tokens=1400000, pad=False),
+    "pretrain-large": dict(min_sample_size=32000, max_sample_size=320000, max_tokens=1200000, pad=False),
+}
+
+EXAMPLES_PER_CATEGORY = 5
+# wav2vec 2.0 feature extractor (kernel, stride) stack: 50 frames per second at 16 kHz.
+CONV_STACK = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2
+
+
+def output_frames(n_samples: int) -> int:
+    """Number of encoder frames for ``n_samples`` input samples."""
+    n = n_samples
+    for kernel, stride in CONV_STACK:
+        n = (n - kernel) // stride + 1
+        if n <= 0:
+            return 0
+    return n
+
+
+@dataclass
+class Report:
+    manifest: str
+    root: str
+    config: dict
+    entries: int = 0
+    kept: int = 0
+    kept_samples: int = 0
+    kept_samples_cropped: int = 0
+    total_samples: int = 0
+    cropped: int = 0
+    skipped_min: int = 0
+    skipped_max_tokens: int = 0
+    unreadable: dict = field(default_factory=lambda: {"missing": 0, "corrupt": 0, "wrong_rate": 0,
+                                                       "multi_channel": 0})
+    size_mismatch: int = 0
+    examples: dict = field(default_factory=dict)
+    labels_file: str | None = None
+    label_lines: int | None = None
+    label_mismatch: bool = False
+    empty_labels: int = 0
+    labels_too_long: int = 0
+    dict_file: str | None = None
+    dict_symbols: int | None = None
+    missing_symbols: dict = field(default_factory=dict)  # sym -> {"count", "first": "file:line"}
+    failures: list = field(default_factory=list)
+
+    def example(self, category: str, text: str) -> None:
+        lst = self.examples.setdefault(category, [])
+        if len(lst) < EXAMPLES_PER_CATEGORY:
+            lst.append(text)
+
+    @property
+    def n_unreadable(self) -> int:
+        return sum(self.unreadable.values())
+
+
+def load_dictionary(path: str) -> dict:
+    """Symbols of a ``<symbol> <count>`` dictionary file (split at the last space, as the trainer)."""
+    if not os.path.isfile(path):
+        raise DataToolError(f"dictionary {path} does not exist")
+    symbols = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            overwrite = False
+            if line.endswith(" #fairseq:overwrite"):
+                line, overwrite = line[: -len(" #fairseq:overwrite")], True
+            sym, sep, count = line.rpartition(" ")
+            if not sep or not sym or not count.lstrip("-").isdigit():
+                raise DataToolError(f"{path}:{lineno}: incorrect dictionary format, expected "
+                                    f"'<symbol> <count>': {line!r}")
+            if sym in symbols and not overwrite:
+                raise DataToolError(f"{path}:{lineno}: duplicate symbol {sym!r} (first on line {symbols[sym]})")
+            symbols[sym] = lineno
+    return symbols
+
+
+def check_audio(path: str, expected_size: int, sample_rate: int, decode: bool):
+    """Return ``(problem, detail)``; problem is None, 'missing', 'corrupt', 'wrong_rate',
+    'multi_channel' or 'size_mismatch'."""
+    if not os.path.isfile(path):
+        return "missing", "file does not exist"
+    try:
+        info = sf.info(path)
+        if decode:
+            data, _ = sf.read(path, dtype="float32", always_2d=True)
+            frames = data.shape[0]
+        else:
+            frames = info.frames
+    except Exception as exc:
+        return "corrupt", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if info.samplerate != sample_rate:
+        return "wrong_rate", f"{info.samplerate} Hz, expected {sample_rate} Hz"
+    if info.channels != 1:
+        return "multi_channel", f"{info.channels} channels"
+    if frames != expected_size:
+        return "size_mismatch", f"manifest says {expected_size} samples, file has {frames}"
+    return None, ""
+
+
+def validate(data: str, subset: str, *, labels: str | None = "ltr", dict_path: str | None = None,
+             min_sample_size: int | None = None, max_sample_size: int | None = None,
+             max_tokens: int | None = None, pad: bool = True, sample_rate: int = 16000,
+             decode: bool = False, check_audio_files: bool = True) -> Report:
+    """Run all checks and return a :class:`Report` (``report.failures`` empty when usable)."""
+    tsv = os.path.join(data, f"{subset}.tsv")
+    manifest = read_manifest(tsv)
+    config = dict(sample_rate=sample_rate, min_sample_size=min_sample_size, max_sample_size=max_sample_size,
+                  max_tokens=max_tokens, pad=pad, labels=labels)
+    rep = Report(manifest=tsv, root=manifest.root, config=config, entries=len(manifest.entries))
+    if not os.path.isdir(manifest.root):
+        rep.failures.append(f"audio root {manifest.root} (line 1 of {tsv}) does not exist")
+
+    kept_mask = []
+    for rel, size, lineno in manifest.entries:
+        where = f"{tsv}:{lineno} {rel}"
+        rep.total_samples += size
+        keep = True
+        if check_audio_files:
+            problem, detail = check_audio(os.path.join(manifest.root, rel), size, sample_rate, decode)
+            if problem == "size_mismatch":
+                rep.size_mismatch += 1
+                rep.example("size_mismatch", f"{where}: {detail}")
+            elif problem is not None:
+                rep.unreadable[problem] += 1
+                rep.example(problem, f"{where}: {detail}")
+                keep = False
+        if keep and min_sample_size is not None and size < min_sample_size:
+            rep.skipped_min += 1
+            rep.example("skipped_min", f"{where}: {size} < min_sample_size {min_sample_size}")
+            keep = False
+        tokens = size if (pad or max_sample_size is None) else min(size, max_sample_size)
+        if keep and max_tokens is not None and tokens > max_tokens:
+            rep.skipped_max_tokens += 1
+            rep.example("skipped_max_tokens", f"{where}: {tokens} tokens > max_tokens {max_tokens}")
+            keep = False
+        if keep:
+            rep.kept += 1
+            rep.kept_samples += size
+            if max_sample_size is not None and size > max_sample_size:
+                rep.cropped += 1
+                rep.kept_samples_cropped += max_sample_size
+            else:
+                rep.kept_samples_cropped += size
+        kept_mask.append(keep)
+
+    if labels:
+        _check_labels(rep, data, subset, labels, dict_path, manifest, kept_mask)
+
+    if rep.kept == 0:
+        rep.failures.append("no utterance is kept: the dataset would be EMPTY under this configuration")
+    if rep.n_unreadable:
+        rep.failures.append(f"{rep.n_unreadable} unreadable audio file(s)")
+    if rep.size_mismatch:
+        rep.failures.append(f"{rep.size_mismatch} manifest size(s) differ from the audio files "
+                            "(regenerate the manifest)")
+    return rep
+
+
+def _check_labels(rep: Report, data: str, subset: str, labels: str, dict_path, manifest, kept_mask) -> None:
+    label_file = os.path.join(data, f"{subset}.{labels}")
+    rep.labels_file = label_file
+    if not os.path.isfile(label_file):
+        rep.failures.append(f"label file {label_file} does not exist")
+        return
+    with open(label_file, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    rep.label_lines = len(lines)
+    if len(lines) != len(manifest.entries):
+        rep.label_mismatch = True
+        rep.failures.append(f"{label_file} has {len(lines)} lines but {rep.manifest} has "
+                            f"{len(manifest.entries)} entries")
+    dict_path = dict_path or os.path.join(data, f"dict.{labels}.txt")
+    rep.dict_file = dict_path
+    symbols = load_dictionary(dict_path) if os.path.isfile(dict_path) else None
+    if symbols is None:
+        rep.failures.append(f"dictionary {dict_path} does not exist")
+    else:
+        rep.dict_symbols = len(symbols)
+    for i, line in enumerate(lines):
+        tokens = line.split()
+        if not tokens:
+            rep.empty_labels += 1
+            rep.example("empty_label", f"{label_file}:{i + 1}: empty transcript")
+        if i < len(manifest.entries) and kept_mask[i]:
+            size = manifest.entries[i][1]
+            if rep.config["max_sample_size"] is not None:
+                size = min(size, rep.config["max_sample_size"])
+            if len(tokens) > output_frames(size):
+                rep.labels_too_long += 1
+                rep.example("labels_too_long", f"{label_file}:{i + 1}: {len(tokens)} labels but only "
+                            f"{output_frames(size)} encoder frames (CTC cannot align)")
+        if symbols is not None:
+            for tok in tokens:
+                if tok not in symbols:
+                    entry = rep.missing_symbols.setdefault(tok, {"count": 0, "first": f"{label_file}:{i + 1}"})
+                    entry["count"] += 1
+    if rep.missing_symbols:
+        rep.failures.append(f"{len(rep.missing_symbols)} label symbol(s) missing from {dict_path}")
+
+
+def format_report(rep: Report) -> str:
+    hours = lambda n: n / rep.config["sample_rate"] / 3600  # noqa: E731
+    c = rep.config
+    out = [f"manifest:   {rep.manifest} ({rep.entries} entries, root {rep.root})",
+           "config:     " + " ".join(f"{k}={v}" for k, v in c.items()),
+           f"total:      {rep.entries} files, {hours(rep.total_samples):.3f} h",
+           f"kept:       {rep.kept} files, {hours(rep.kept_samples):.3f} h "
+           f"({hours(rep.kept_samples_cropped):.3f} h after cropping)",
+           f"cropped:    {rep.cropped} files longer than max_sample_size={c['max_sample_size']} "
+           "(random crop when batched)" + ("" if c["pad"] else "; with pad off every batch is also "
+                                           "cropped to its shortest member"),
+           f"skipped:    {rep.skipped_min + rep.skipped_max_tokens} files ({rep.skipped_min} shorter than "
+           f"min_sample_size={c['min_sample_size']}, {rep.skipped_max_tokens} above max_tokens={c['max_tokens']})",
+           "unreadable: {} files ({})".format(rep.n_unreadable, ", ".join(
+               f"{k.replace('_', '-')} {v}" for k, v in rep.unreadable.items())),
+           f"size mismatch: {rep.size_mismatch} manifest sizes differ from the audio"]
+    if rep.labels_file:
+        status = "MISMATCH" if rep.label_mismatch else "OK"
+        out.append(f"labels:     {rep.labels_file}: {rep.label_lines} lines ({status}); "
+                   f"{rep.empty_labels} empty; {rep.labels_too_long} longer than the encoder output")
+        out.append(f"dictionary: {rep.dict_file}: {rep.dict_symbols} symbols; "
+                   f"{len(rep.missing_symbols)} label symbol(s) missing")
+        for sym, info in sorted(rep.missing_symbols.items(), key=lambda kv: (-kv[1]["count"], kv[0])):
+            out.append(f"  missing symbol {sym!r}: {info['count']} occurrence(s), first at {info['first']}")
+    titles = {"skipped_min": "shorter than min_sample_size", "skipped_max_tokens": "above max_tokens",
+              "missing": "missing audio", "corrupt": "corrupt audio", "wrong_rate": "wrong sample rate",
+              "multi_channel": "multi-channel audio", "size_mismatch": "manifest size differs",
+              "empty_label": "empty transcripts", "labels_too_long": "transcript longer than the encoder output"}
+    for cat, lst in rep.examples.items():
+        out.append(f"first files {titles.get(cat, cat)}:")
+        out.extend(f"  {e}" for e in lst)
+    out.append("RESULT: OK" if not rep.failures else "RESULT: FAILED\n" + "\n".join(f"  - {f}" for f in rep.failures))
+    return "\n".join(out)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m utils.validate", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="directory holding <subset>.tsv, labels, dict")
+    p.add_argument("--subset", required=True, help="subset name, e.g. train-full-960 or dev-other")
+    p.add_argument("--labels", default="ltr", help="label extension, or 'none' for unlabelled (pre-training)")
+    p.add_argument("--dict", dest="dict_path", default=None, help="dictionary (default DATA/dict.<labels>.txt)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="reference recipe values for the size options (explicit options override)")
+    p.add_argument("--min-sample-size", "--min_sample_size", dest="min_sample_size", type=int, default=None)
+    p.add_argument("--max-sample-size", "--max_sample_size", dest="max_sample_size", type=int, default=None)
+    p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=None)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pad", dest="pad", action="store_true", default=None,
+                   help="pad batches (fine-tuning; default when labels are used)")
+    g.add_argument("--no-pad", dest="pad", action="store_false", help="crop batches (pre-training)")
+    p.add_argument("--sample-rate", "--sample_rate", dest="sample_rate", type=int, default=16000)
+    p.add_argument("--decode", action="store_true", help="decode every file fully (finds truncated files)")
+    p.add_argument("--skip-audio", action="store_true", help="trust the manifest; do not open audio files")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    args = p.parse_args(argv)
+    labels = None if args.labels.lower() in ("", "none") else args.labels
+    preset = PRESETS.get(args.preset, {})
+    for key in ("min_sample_size", "max_sample_size", "max_tokens", "pad"):
+        if getattr(args, key) is None and key in preset:
+            setattr(args, key, preset[key])
+    if args.pad is None:
+        args.pad = labels is not None
+    args.labels = labels
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rep = validate(args.data, args.subset, labels=args.labels, dict_path=args.dict_path,
+                   min_sample_size=args.min_sample_size, max_sample_size=args.max_sample_size,
+                   max_tokens=args.max_tokens, pad=args.pad, sample_rate=args.sample_rate,
+                   decode=args.decode, check_audio_files=not args.skip_audio)
+    print(format_report(rep))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rep.__dict__, f, indent=1, sort_keys=True)
+    return 1 if rep.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
