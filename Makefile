@@ -10,24 +10,31 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow demo clean-venv
+.PHONY: venv test test-slow demo data system-deps clean-venv
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,all]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q tests
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) system-deps
 	$(PY) -m pytest -q -m slow tests
 
-demo: $(STAMP)
-	bash scripts/demo.sh
+# espeak-ng (Debian package) for the synthetic speech corpus; installs only when missing
+system-deps:
+	-bash scripts/install_system_deps.sh
+
+data: $(STAMP) system-deps
+	PYTHON=$(abspath $(PY)) bash scripts/make_synthetic_corpus.sh
+
+demo: $(STAMP) system-deps
+	PYTHON=$(abspath $(PY)) bash scripts/demo.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -239,3 +239,27 @@ def test_pickle_module_refuses_unknown_global_directly():
     payload = pickle.dumps(_Evil())
     with pytest.raises(pickle.UnpicklingError):
         _RestrictedUnpickler(io.BytesIO(payload)).load()
+
+
+def test_fairseq_ctc_hydra_checkpoint_with_w2v_args(tmp_path):
+    """fairseq fine-tuned CTC: architecture in cfg.model.w2v_args, fine-tuning values (layerdrop, mask_prob, ...)
+    in cfg.model, weights under w2v_encoder.w2v_model.* and w2v_encoder.proj."""
+    omegaconf = pytest.importorskip("omegaconf")
+    model = _models()["ctc"]
+    arch = {k: v for k, v in model.cfg.to_dict().items() if k not in ("hourglass_transformer", "final_dropout",
+                                                                      "freeze_finetune_updates", "apply_mask",
+                                                                      "blank_weight", "blank_mode")}
+    arch["latent_temp"] = list(arch["latent_temp"])
+    arch["mask_prob"] = 0.65
+    w2v_args = {"common": {}, "task": {"normalize": False}, "model": dict(arch, _name="wav2vec2")}
+    ctc_model = {"_name": "wav2vec_ctc", "w2v_path": "/nonexistent/pretrained.pt", "w2v_args": w2v_args,
+                 "layerdrop": 0.1, "mask_prob": 0.5, "mask_channel_prob": 0.25, "final_dropout": 0.0,
+                 "apply_mask": True, "freeze_finetune_updates": 10000}
+    dc = omegaconf.OmegaConf.create({"common": {}, "task": {"normalize": False}, "model": ctc_model})
+    path = str(tmp_path / "fairseq_ctc.pt")
+    torch.save({"args": None, "cfg": dc, "model": model.state_dict()}, path)
+    back = load_checkpoint(path)
+    assert back.source_format == "fairseq" and back.kind == "ctc"
+    assert back.config.encoder_layerdrop == 0.1 and back.config.mask_prob == 0.5
+    assert back.config.freeze_finetune_updates == 10000 and back.config.hourglass is None
+    assert torch.equal(_outputs(back.model, X, LEN), _outputs(model, X, LEN))

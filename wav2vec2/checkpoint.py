@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from common.checkpointing import atomic_torch_save
 from common.safetensors_io import load_safetensors, save_safetensors
 
 from .config import Wav2Vec2Config, parse_hourglass
@@ -693,15 +694,3 @@ def save_fairseq(model: nn.Module, path: str, labels: Optional[str] = None) -> N
     if labels is not None:
         ckpt["output_labels"] = labels
     atomic_torch_save(ckpt, path)
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename: a crash never leaves a partial file."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -171,7 +171,7 @@ class Wav2Vec2Config:
     target_glu: bool = False
 
     # --- masking ------------------------------------------------------------------------------------------------------
-    mask_prob: float = 0.65  # recipe value (CLI default 0.5)
+    mask_prob: float = 0.5  # reference CLI default; every preset uses the recipes' 0.65
     mask_length: int = 10
     mask_selection: str = "static"  # static | uniform | normal | poisson
     mask_other: float = 0.0
@@ -307,6 +307,7 @@ def _base() -> Wav2Vec2Config:
     12-layer stack of fairseq's Base)."""
     return Wav2Vec2Config(
         attention_dropout=0.1,
+        mask_prob=0.65,
         hourglass_transformer="[2,(8,4),2]",
     )
 
@@ -325,6 +326,7 @@ def _large() -> Wav2Vec2Config:
         layer_norm_first=True,
         final_dim=768,
         latent_temp=(2.0, 0.1, 0.999995),
+        mask_prob=0.65,
         dropout=0.0,
         attention_dropout=0.0,
         activation_dropout=0.0,
@@ -349,6 +351,7 @@ def _tiny() -> Wav2Vec2Config:
         latent_vars=64,
         latent_groups=2,
         num_negatives=50,
+        mask_prob=0.65,
         encoder_layerdrop=0.0,
         attention_dropout=0.1,
         feature_grad_mult=1.0,

@@ -1,0 +1,90 @@
+"""Training checkpoints: atomic saving, the reference's naming and retention, resume from the newest loadable.
+
+Files are ``<output_dir>/<name>_update<step>.pt`` and ``<name>_best.pt`` (reference §2.1). Retention follows the
+reference (§2.3): on each save, for every milestone the tracked checkpoint whose update number is closest to it is
+kept, plus the two most recent. Every file is written to a temporary file and renamed, so an interrupted save
+never leaves a broken checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+__all__ = ["atomic_torch_save", "Checkpointer"]
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """Write to ``path.tmp`` in the same directory, fsync, then rename over ``path``."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    def __init__(self, output_dir: str, name: str = "wav2vec2", keep_milestones: Iterable[int] = (100, 200, 300, 400),
+                 log: Callable[[str], None] = print):
+        self.output_dir = output_dir
+        self.name = name
+        self.keep_milestones = list(keep_milestones)
+        self.log = log
+        self.tracked = self._scan()
+
+    def path_for(self, step: int) -> str:
+        return os.path.join(self.output_dir, f"{self.name}_update{step}.pt")
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.output_dir, f"{self.name}_best.pt")
+
+    def _scan(self) -> list[tuple[int, str]]:
+        pattern = re.compile(rf"{re.escape(self.name)}_update(\d+)\.pt$")
+        found = []
+        for path in glob.glob(os.path.join(self.output_dir, "**", f"{self.name}_update*.pt"), recursive=True):
+            m = pattern.search(os.path.basename(path))
+            if m:
+                found.append((int(m.group(1)), path))
+        return sorted(found)
+
+    def save(self, state: dict, step: int, best: bool = False) -> str:
+        path = self.path_for(step)
+        self.log(f"Saving {path}...")
+        atomic_torch_save(state, path)
+        if best:
+            atomic_torch_save(state, self.best_path)
+        keep = set()
+        for milestone in self.keep_milestones:
+            if self.tracked:
+                keep.add(min(self.tracked, key=lambda t: (abs(t[0] - milestone), t[0]))[1])
+        self.tracked = [t for t in self.tracked if t[1] != path] + [(step, path)]
+        self.tracked.sort()
+        recent = {p for _, p in self.tracked[-2:]}
+        survivors = []
+        for s, p in self.tracked:
+            if p in keep or p in recent:
+                survivors.append((s, p))
+            else:
+                try:
+                    os.remove(p)
+                except OSError:
+                    pass
+        self.tracked = survivors
+        return path
+
+    def load_latest(self, reader: Callable[[str], dict]) -> Optional[tuple[str, dict]]:
+        """The newest tracked checkpoint that loads; unreadable ones are reported and skipped."""
+        for step, path in reversed(self._scan()):
+            try:
+                return path, reader(path)
+            except Exception as exc:  # noqa: BLE001 - a corrupt file must not stop the resume
+                self.log(f"WARNING: cannot load {path} ({exc}); trying an older checkpoint")
+        return None

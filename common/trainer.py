@@ -1,0 +1,438 @@
+"""The training loop, model-agnostic: accumulation, precision, gradient normalisation, clipping, health checks,
+validation, checkpoints, exact resume and dllogger reporting.
+
+One update (REFERENCE.md §5.2, with the departures listed in docs/DEVIATIONS.md)::
+
+    step += 1; model.set_num_updates(step)
+    for j in range(update_freq):                 # micro-batches; no communication
+        seed the random streams from (seed, step, j * W + rank)
+        loss, sample_size, log = task.train_step(model, batch, generator)   # SUM loss
+        backward(loss * loss_scale)
+    all-reduce gradients (sum) and the logs over ranks
+    grads *= 1 / (S * loss_scale)                # S = global sample size: the reference's normalisation
+    clip, overflow check (skip + back off), optimizer step, EMA, lr for the next update
+
+Every random draw of an update is keyed by (seed, step, micro-batch), and the data position is saved with the
+checkpoint, so a run resumed from any saved update repeats the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
+
+import torch
+from torch import nn
+
+from common.checkpointing import Checkpointer
+from common.distributed import DistEnv, all_reduce_gradients, all_reduce_sum
+from common.health import HealthMonitor
+from common.lr_schedules import LRScheduler
+from common.metrics import MetricsAggregator
+from common.optim import clip_grad_norm, scale_gradients
+from common.precision import MinimumLossScaleError, PrecisionPolicy
+from common.progress import Progress
+
+__all__ = ["TrainerConfig", "TrainingTask", "Trainer", "ExponentialMovingAverage", "micro_batch_seed"]
+
+
+class TrainingTask(Protocol):
+    """What the trainer needs to know about a model family."""
+
+    mode: str  # "pretrain" | "finetune"
+
+    def train_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, float, dict]:
+        ...
+
+    def valid_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, float, dict]:
+        ...
+
+
+@dataclass
+class TrainerConfig:
+    """Loop settings (reference flag names)."""
+
+    output_dir: str
+    max_update: int
+    update_freq: int = 1
+    clip_norm: float = 0.0
+    log_frequency: int = 1
+    save_frequency: int = 1
+    save_interval_updates: int = 0
+    keep_milestones: tuple[int, ...] = (100, 200, 300, 400)
+    no_save: bool = False
+    seed: int = 1
+    epochs_this_job: int = 0
+    updates_this_job: int = 0  # stop (saving a resumable checkpoint) after this many updates in this job
+    benchmark_epochs_num: int = 3
+    ema: float = 0.0
+    on_nonfinite_loss: str = "skip"  # skip | stop
+    best_metric: str = "loss"  # "loss" (pretraining) | "wer" (fine-tuning)
+    validate: bool = True
+
+
+def micro_batch_seed(seed: int, step: int, index: int) -> int:
+    """A 63-bit seed for micro-batch ``index`` of update ``step`` (same inputs -> same stream, any process)."""
+    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
+    x ^= x >> 31
+    return x & (2**63 - 1)
+
+
+class ExponentialMovingAverage:
+    """EMA of the parameters (``--ema`` decay), kept in float32 on the model's device."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            s = self.shadow[k]
+            if v.dtype.is_floating_point:
+                s.mul_(self.decay).add_(v.detach().float(), alpha=1.0 - self.decay)
+            else:
+                s.copy_(v)
+
+    def state_dict(self) -> dict:
+        return {k: v.clone() for k, v in self.shadow.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+
+class _StopRequested(Exception):
+    pass
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 1
+    best_val_loss: float = math.inf
+    best_val_wer: float = math.inf
+
+    def as_dict(self) -> dict:
+        return dict(step=self.step, epoch=self.epoch, best_val_loss=self.best_val_loss, best_val_wer=self.best_val_wer)
+
+
+class Trainer:
+    """Drives ``task`` over ``train_loader``. ``model`` must live on ``env.device`` already."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        model: nn.Module,
+        task: TrainingTask,
+        optimizer: torch.optim.Optimizer,
+        scheduler: LRScheduler,
+        precision: PrecisionPolicy,
+        scaler: Any,
+        train_loader: Any,
+        valid_loader: Optional[Any],
+        metrics: MetricsAggregator,
+        valid_metrics: MetricsAggregator,
+        logger: Any,
+        env: DistEnv = DistEnv(),
+        tensorboard: Any = None,
+        checkpoint_extra: Optional[Callable[[], dict]] = None,
+        health: Optional[HealthMonitor] = None,
+        print_fn: Callable[[str], None] = print,
+    ):
+        self.cfg = cfg
+        self.model = model
+        self.task = task
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.precision = precision
+        self.scaler = scaler
+        self.train_loader = train_loader
+        self.valid_loader = valid_loader
+        self.metrics = metrics
+        self.valid_metrics = valid_metrics
+        self.logger = logger
+        self.env = env
+        self.tensorboard = tensorboard
+        self.checkpoint_extra = checkpoint_extra or (lambda: {})
+        self.health = health
+        self.print = print_fn if env.is_main else (lambda *_: None)
+        self.state = TrainState()
+        self.ema = ExponentialMovingAverage(model, cfg.ema) if cfg.ema > 0 else None
+        self.checkpointer = Checkpointer(cfg.output_dir, keep_milestones=cfg.keep_milestones, log=self.print)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.generator = torch.Generator(device=env.device)
+        self.update_losses: list[float] = []  # per-update normalised training loss (tests, curves)
+        self._stop = False
+        self._last_val: dict = {}
+        self.sync = torch.cuda.synchronize if env.device.type == "cuda" else None
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # state
+    def state_dict(self) -> dict:
+        model = self.model
+        state = {
+            "model": {k: v.detach() for k, v in model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "lr_scheduler": self.scheduler.state_dict(),
+            "train_state": self.state.as_dict(),
+            "data": self.train_loader.state_dict(),
+            "metrics": self.metrics.state_dict(),
+            "health": self.health.state_dict() if self.health is not None else {},
+            "ema_model": self.ema.state_dict() if self.ema is not None else None,
+            "rng": {"torch": torch.get_rng_state()},
+        }
+        state.update(self.checkpoint_extra())
+        return state
+
+    def load_state_dict(self, ckpt: Mapping[str, Any], source: str = "checkpoint") -> None:
+        missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"{source}: model weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        if "optimizer" in ckpt:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("lr_scheduler"):
+            self.scheduler.load_state_dict(ckpt["lr_scheduler"])
+        ts = ckpt.get("train_state", {})
+        self.state = TrainState(
+            step=int(ts.get("step", 0)),
+            epoch=int(ts.get("epoch", 1)),
+            best_val_loss=float(ts.get("best_val_loss", math.inf)),
+            best_val_wer=float(ts.get("best_val_wer", math.inf)),
+        )
+        if ckpt.get("data"):
+            self.train_loader.load_state_dict(ckpt["data"])
+        if ckpt.get("metrics"):
+            self.metrics.load_state_dict(ckpt["metrics"])
+        if self.health is not None and ckpt.get("health"):
+            self.health.load_state_dict(ckpt["health"])
+        if self.ema is not None and ckpt.get("ema_model"):
+            self.ema.load_state_dict(ckpt["ema_model"])
+        if ckpt.get("rng", {}).get("torch") is not None:
+            torch.set_rng_state(ckpt["rng"]["torch"])
+
+    def save(self, best: bool = False) -> None:
+        if self.cfg.no_save or not self.env.is_main:
+            return
+        self.checkpointer.save(self.state_dict(), self.state.step, best=best)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # one update
+    def _seed_micro_batch(self, index: int) -> None:
+        s = micro_batch_seed(self.cfg.seed, self.state.step, index)
+        torch.manual_seed(s)  # dropout (CPU and CUDA)
+        self.generator.manual_seed(s ^ 0x5DEECE66D)  # masks, negatives, Gumbel noise
+
+    def _to_device(self, batch: Mapping[str, Any]) -> dict:
+        dev = self.env.device
+        out = {}
+        for k, v in batch.items():
+            out[k] = v.to(dev, non_blocking=True) if torch.is_tensor(v) and k in ("source", "lengths") else v
+        return out
+
+    def _update(self, batches: Iterator[Mapping[str, Any]]) -> None:
+        cfg, env = self.cfg, self.env
+        self.state.step += 1
+        step = self.state.step
+        if hasattr(self.model, "set_num_updates"):
+            self.model.set_num_updates(step)
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss_scale = float(getattr(self.scaler, "loss_scale", 1.0))
+        sample_size = 0.0
+        loss_sum = 0.0
+        finite = True
+        for j in range(cfg.update_freq):
+            batch = next(batches)
+            self._seed_micro_batch(j * env.world_size + env.rank)
+            with self.precision.autocast():
+                loss, ss, log = self.task.train_step(self.model, self._to_device(batch), self.generator)
+            if not torch.isfinite(loss.detach()):
+                finite = False
+            (loss * loss_scale).backward()
+            sample_size += float(ss)
+            loss_sum += float(loss.detach())
+            self.metrics.log(log)
+
+        # reduce over ranks
+        reduced = all_reduce_sum([sample_size, loss_sum, 0.0 if finite else 1.0], env.device) if env.distributed else [sample_size, loss_sum, 0.0 if finite else 1.0]
+        sample_size, loss_sum, nonfinite = reduced
+        self.metrics.all_reduce(env.world_size)
+        all_reduce_gradients(self.params, env.world_size)
+
+        skipped_reason = None
+        grad_norm = float("nan")
+        if nonfinite or sample_size <= 0:
+            skipped_reason = "non-finite loss" if nonfinite else "empty update (sample size 0)"
+            if nonfinite and cfg.on_nonfinite_loss == "stop":
+                raise FloatingPointError(f"non-finite training loss at update {step}; stopping (--on_nonfinite_loss stop)")
+        else:
+            scale_gradients(self.params, 1.0 / (sample_size * loss_scale))
+            grad_norm = clip_grad_norm(self.params, cfg.clip_norm)
+            res = self.scaler.update(grad_norm, update=step)  # may raise MinimumLossScaleError
+            if res.skipped:
+                skipped_reason = res.reason
+        if skipped_reason is None:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+        else:
+            self.print(f"Update {step} skipped: {skipped_reason}")
+        self.optimizer.zero_grad(set_to_none=True)
+
+        norm_loss = loss_sum / max(sample_size, 1e-12) / math.log(2)
+        self.update_losses.append(norm_loss)
+        self.metrics["lr"] = lr
+        self.metrics["loss_scale"] = float(getattr(self.scaler, "loss_scale", 1.0))
+        self.metrics["grad_norm"] = grad_norm if math.isfinite(grad_norm) else 0.0
+        self.metrics.accumulate()
+        self.scheduler.step(step)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # epochs
+    def _log(self, scope: str, step: Any, results: Mapping[str, float], metrics: MetricsAggregator) -> None:
+        data = metrics.dllogger_data(scope, results)
+        self.logger.log(step, data)
+        if self.tensorboard is not None:
+            self.tensorboard.log_scalars(scope, self.state.step, results)
+
+    def _check_health(self, results: Mapping[str, float]) -> None:
+        if self.health is None:
+            return
+        for issue in self.health.check(results, self.state.step):
+            self.print(f"HEALTH {issue.kind} at update {issue.update}: {issue.reason} (action: {issue.action})")
+            if issue.action == "stop":
+                raise RuntimeError(f"stopping: {issue.reason} (update {issue.update})")
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, frame):  # noqa: ARG001
+            self.print(f"Signal {signum} received: saving at the end of this update and stopping")
+            self._stop = True
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, OSError):  # not in the main thread
+                pass
+
+    def fit(self) -> TrainState:
+        cfg = self.cfg
+        self._install_signal_handlers()
+        self.model.train()
+        self.scheduler.begin(self.state.step + 1)
+        start_epoch = self.state.epoch
+        start_step = self.state.step
+        loader = self.train_loader
+        steps_per_epoch = len(loader) // cfg.update_freq
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"the training set yields {len(loader)} batches per rank, fewer than update_freq={cfg.update_freq}"
+            )
+        ran_updates = False
+        progress = (Progress(total=cfg.max_update - self.state.step, desc="train", unit="updates")
+                    if self.env.is_main else None)
+        while self.state.step < cfg.max_update:
+            epoch = self.state.epoch
+            loader.set_epoch(epoch)
+            done_in_epoch = loader.batch_in_epoch // cfg.update_freq
+            self.metrics.start_scope("train_avg", sync=True)
+            self.metrics.start_scope("train", timer=False)
+            it = iter(loader)
+            while done_in_epoch < steps_per_epoch and self.state.step < cfg.max_update:
+                self.metrics.start_timer("train")
+                self._update(it)
+                self.metrics.stop_timer("train")
+                ran_updates = True
+                done_in_epoch += 1
+                if progress is not None:
+                    progress.update(1)
+                if self.state.step % cfg.log_frequency == 0:
+                    res = self.metrics.finish_scope("train")
+                    self._log("train", (epoch, done_in_epoch, steps_per_epoch), res, self.metrics)
+                    self._check_health(res)
+                    self.metrics.start_scope("train", timer=False)
+                if cfg.save_interval_updates and self.state.step % cfg.save_interval_updates == 0:
+                    self.save()
+                if cfg.updates_this_job and self.state.step - start_step >= cfg.updates_this_job:
+                    self._stop = True
+                if self._stop:
+                    self.save()
+                    self.print(f"Stopped at update {self.state.step}; resume with --resume")
+                    return self.state
+            del it
+            res = self.metrics.finish_scope("train_avg", sync=True)
+            self._log("train_avg", (epoch,), res, self.metrics)
+            best = False
+            if cfg.validate and self.valid_loader is not None:
+                best = self.validate()
+            self.state.epoch += 1
+            loader.set_epoch(self.state.epoch)
+            if epoch % cfg.save_frequency == 0 or best or self.state.step >= cfg.max_update:
+                self.save(best=best)
+            if 0 < cfg.epochs_this_job <= epoch + 1 - start_epoch:
+                self.print(f"Reached {cfg.epochs_this_job} epochs in this run.")
+                break
+            if self.state.step >= cfg.max_update:
+                self.print(f"Reached {self.state.step} total updates.")
+        if progress is not None:
+            progress.close()
+        if ran_updates:
+            self.logger.log((), self.metrics.benchmark())
+            if self._last_val:
+                self.logger.log((), self._last_val)
+        self.logger.flush()
+        self.print(f"Finished after reaching update {self.state.step}")
+        return self.state
+
+    # ------------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> bool:
+        """One pass over the validation loader; returns True on a new best (loss in pretraining, WER in fine-tuning)."""
+        self.print("Validating...")
+        model = self.model
+        backup = None
+        if self.ema is not None:
+            backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.ema.copy_to(model)
+        model.eval()
+        vm = self.valid_metrics
+        vm.start_scope("val", sync=True)
+        loader = self.valid_loader
+        loader.set_epoch(1)
+        keys: Optional[list[str]] = None
+        for i, batch in enumerate(loader):
+            self._seed_micro_batch(10**6 + i)  # validation randomness (masks, negatives) is fixed per batch
+            if batch:
+                with self.precision.autocast():
+                    _, _, log = self.task.valid_step(model, self._to_device(batch), self.generator)
+                keys = keys or list(log)
+                log = dict(log, ignore=0)
+            else:
+                log = {k: 0.0 for k in (keys or [])}
+                log["ignore"] = 1
+            vm.log(log)
+            vm.all_reduce(self.env.world_size)
+            vm.accumulate()
+        res = vm.finish_scope("val", sync=True)
+        self._log("val", (self.state.epoch,), res, vm)
+        self._last_val = vm.dllogger_data("val", res)
+        self._check_health(res)
+        model.train()
+        if backup is not None:
+            model.load_state_dict(backup)
+        if self.cfg.best_metric == "wer" and "wer" in res:
+            best = res["wer"] < self.state.best_val_wer
+            self.state.best_val_wer = min(self.state.best_val_wer, res["wer"])
+        else:
+            best = res.get("loss", math.inf) < self.state.best_val_loss
+            self.state.best_val_loss = min(self.state.best_val_loss, res.get("loss", math.inf))
+        return best

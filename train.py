@@ -1,0 +1,250 @@
+"""wav2vec 2.0 pretraining and CTC fine-tuning.
+
+    python train.py pretrain --data DIR --output_dir OUT [--preset base|large|tiny] [flags]
+    python train.py finetune --data DIR --output_dir OUT --w2v_path PRETRAINED.pt [flags]
+    torchrun --nproc_per_node=8 train.py pretrain ...
+
+Flags and defaults are the NVIDIA DLE recipe's (``-h`` lists them); ``scripts/*.sh`` set the recipe values.
+This file only wires things together: flags -> config, data, model, criterion -> ``common.trainer.Trainer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+from common.args import add_common_args
+from common.checkpointing import Checkpointer
+from common.data import Dictionary, LoaderConfig, build_loader, open_split
+from common.data.errors import DataError
+from common.distributed import init_distributed, shutdown
+from common.health import HealthConfig, HealthMonitor
+from common.logging import TensorBoardLogger, build_logger, training_metadata
+from common.lr_schedules import LRScheduleConfig, LRScheduler
+from common.metrics import MetricsAggregator, MetricsSpec
+from common.optim import OptimizerConfig, build_optimizer
+from common.precision import PrecisionPolicy
+from common.trainer import Trainer, TrainerConfig
+from wav2vec2.args import (
+    add_dropout_and_masking_args,
+    add_finetuning_args,
+    add_pretraining_args,
+    config_from_args,
+    preset_defaults,
+)
+from wav2vec2.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from wav2vec2.criterion import ContrastiveCriterion, CtcCriterion
+from wav2vec2.model import Wav2Vec2ForCTC, Wav2Vec2Model
+from wav2vec2.tasks import FinetuneTask, PretrainTask
+
+
+def build_parser(mode: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"train.py {mode}", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("mode", choices=["pretrain", "finetune"])
+    add_common_args(p)
+    add_dropout_and_masking_args(p)
+    if mode == "pretrain":
+        add_pretraining_args(p)
+    else:
+        add_finetuning_args(p)
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    mode = next((a for a in argv if a in ("pretrain", "finetune")), None)
+    if mode is None:
+        print("usage: train.py {pretrain,finetune} [flags]   (train.py pretrain -h for the flags)", file=sys.stderr)
+        sys.exit(2)
+    parser = build_parser(mode)
+    if mode == "pretrain":
+        pre, _ = parser.parse_known_args(argv)
+        if pre.preset:
+            defaults = {k: v for k, v in preset_defaults(pre.preset).items() if parser.get_default(k) is not None or k == "hourglass_transformer"}
+            parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    args.lr = args.lr[0]
+    args.update_freq = args.update_freq[0]
+    if args.fp16 and args.bf16:
+        parser.error("--fp16 and --bf16 are mutually exclusive")
+    if mode == "finetune" and not args.w2v_path and not args.resume:
+        parser.error("finetune needs --w2v_path (the pretrained checkpoint)")
+    return args
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(args, env, print_fn):
+    """Returns (model, config, dictionary or None)."""
+    if args.mode == "pretrain":
+        cfg = config_from_args(args)
+        return Wav2Vec2Model(cfg), cfg, None
+    labels_text = None
+    if args.resume:
+        latest = Checkpointer(args.output_dir).load_latest(read_checkpoint)
+        if latest is not None:
+            labels_text = latest[1].get("output_labels")
+    if labels_text is not None:
+        dictionary = Dictionary.from_text(labels_text, source="checkpoint output_labels")
+    else:
+        dict_path = os.path.join(args.data, f"dict.{args.labels}.txt")
+        dictionary = Dictionary.load(dict_path)
+    if args.w2v_path:
+        print_fn(f"Loading model from {args.w2v_path}")
+        pretrained = load_checkpoint(args.w2v_path)
+        cfg = config_from_args(args, base=pretrained.config)
+        model = Wav2Vec2ForCTC(cfg, len(dictionary))
+        model.load_pretrained(pretrained.model.state_dict())
+    else:
+        raise SystemExit("finetune needs --w2v_path to build the model")
+    return model, cfg, dictionary
+
+
+def build_loaders(args, cfg, dictionary, env):
+    finetune = args.mode == "finetune"
+    labels = args.labels if finetune else None
+    train = open_split(args.data, args.train_subset, labels=labels, dictionary=dictionary,
+                       min_sample_size=args.min_sample_size, sample_rate=args.sample_rate, normalize=cfg.normalize)
+    pad = finetune or args.enable_padding
+    train_loader = build_loader(train, LoaderConfig(
+        max_tokens=args.max_tokens, max_sentences=args.batch_size,
+        required_batch_size_multiple=args.required_batch_size_multiple, max_sample_size=args.max_sample_size,
+        pad=pad, num_batch_buckets=args.num_batch_buckets, num_concat_batches=args.num_concat_batches,
+        seed=args.seed, shuffle=True, filter_long=True, num_workers=args.num_workers,
+    ), world_size=env.world_size, rank=env.rank)
+    valid_loader = None
+    if args.valid_subset:
+        valid = open_split(args.data, args.valid_subset, labels=labels, dictionary=dictionary, min_sample_size=None,
+                           sample_rate=args.sample_rate, normalize=cfg.normalize)
+        valid_loader = build_loader(valid, LoaderConfig(
+            max_tokens=args.max_tokens_valid, max_sentences=args.batch_size_valid,
+            required_batch_size_multiple=args.required_batch_size_multiple, max_sample_size=None, pad=pad,
+            num_batch_buckets=0, num_concat_batches=1, seed=args.seed, shuffle=False,
+            filter_long=args.skip_invalid_size_inputs_valid_test, num_workers=min(args.num_workers, 2),
+        ), world_size=env.world_size, rank=env.rank)
+    return train_loader, valid_loader
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    env = init_distributed(cpu=args.cpu, device=args.device)
+    print_fn = print if env.is_main else (lambda *a, **k: None)
+    if env.distributed:
+        print_fn(f"World size: {env.world_size}")
+    if env.device.type == "cpu" and env.world_size > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.world_size))
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    seed_everything(args.seed)
+    try:
+        precision = PrecisionPolicy.from_flags(fp16=args.fp16, bf16=args.bf16, tf32=args.tf32,
+                                               cpu=env.device.type == "cpu")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    precision.apply_tf32()
+
+    try:
+        model, cfg, dictionary = build_model(args, env, print_fn)
+        train_loader, valid_loader = build_loaders(args, cfg, dictionary, env)
+    except (CheckpointError, DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if train_loader.summary is not None:
+        print_fn(train_loader.summary.describe())
+    if len(train_loader) < args.update_freq:
+        print(f"error: {args.train_subset} yields {len(train_loader)} batches per rank per epoch, fewer than "
+              f"--update_freq {args.update_freq}; lower --max_tokens or --update_freq", file=sys.stderr)
+        return 2
+    model.to(env.device)
+    print_fn(f"Model size: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params")
+    if hasattr(model, "layerdrop_seed"):
+        model.layerdrop_seed = args.seed
+    elif hasattr(model, "w2v_model"):
+        model.w2v_model.layerdrop_seed = args.seed
+
+    if args.mode == "pretrain":
+        task = PretrainTask(ContrastiveCriterion(loss_weights=args.loss_weights, log_keys=args.log_keys))
+        spec_train, spec_val = MetricsSpec.pretrain(), MetricsSpec.pretrain()
+    else:
+        task = FinetuneTask(CtcCriterion(blank_index=dictionary.bos, pad_index=dictionary.pad,
+                                         eos_index=dictionary.eos), symbols=dictionary.symbols)
+        spec_train, spec_val = MetricsSpec.finetune(), MetricsSpec.finetune()
+
+    optimizer = build_optimizer(model.parameters(), OptimizerConfig(
+        lr=args.lr, adam_betas=tuple(args.adam_betas), adam_eps=args.adam_eps, weight_decay=args.weight_decay,
+        clip_norm=args.clip_norm))
+    scheduler = LRScheduler(optimizer, LRScheduleConfig(
+        lr_policy=args.lr_policy, lr=args.lr, max_update=args.max_update, warmup_updates=args.warmup_updates,
+        hold_updates=args.hold_updates, initial_lr_scale=args.initial_lr_scale, final_lr_scale=args.final_lr_scale,
+        lr_poly_power=args.lr_poly_power, lr_exp_decay=args.lr_exp_decay))
+    scaler = precision.make_loss_scaler(env.world_size, args.update_freq, init_scale=args.fp16_init_scale,
+                                        min_loss_scale=args.min_loss_scale)
+
+    from common.distributed import all_reduce_sum
+
+    def reduce_fn(values):
+        return all_reduce_sum(values, env.device)
+
+    metrics = MetricsAggregator(spec_train, benchmark_epochs_num=args.benchmark_epochs_num, all_reduce_fn=reduce_fn)
+    valid_metrics = MetricsAggregator(spec_val, all_reduce_fn=reduce_fn)
+    logger = build_logger(args.output_dir, args.log_file, rank=env.rank, metadata=training_metadata())
+    logger.log_parameters({k: v for k, v in vars(args).items()})
+    tensorboard = TensorBoardLogger(args.output_dir, rank=env.rank)
+    health = HealthMonitor(args.mode, HealthConfig(
+        latent_groups=cfg.latent_groups, on_collapse=args.on_collapse, on_blank_only=args.on_collapse))
+
+    from wav2vec2.checkpoint import model_checkpoint
+
+    labels_text = dictionary.to_text() if dictionary is not None else None
+
+    def checkpoint_extra() -> dict:
+        meta = model_checkpoint(model, labels=labels_text, args={k: v for k, v in vars(args).items()})
+        meta.pop("model")
+        meta.pop("ema_model")
+        return meta
+
+    trainer = Trainer(
+        TrainerConfig(
+            output_dir=args.output_dir, max_update=args.max_update, update_freq=args.update_freq,
+            clip_norm=args.clip_norm, log_frequency=args.log_frequency, save_frequency=args.save_frequency,
+            save_interval_updates=args.save_interval_updates, keep_milestones=tuple(args.keep_milestones),
+            no_save=args.no_save, seed=args.seed, epochs_this_job=args.epochs_this_job,
+            updates_this_job=args.updates_this_job,
+            benchmark_epochs_num=args.benchmark_epochs_num, ema=args.ema, on_nonfinite_loss=args.on_nonfinite_loss,
+            best_metric="wer" if args.mode == "finetune" else "loss",
+        ),
+        model=model, task=task, optimizer=optimizer, scheduler=scheduler, precision=precision, scaler=scaler,
+        train_loader=train_loader, valid_loader=valid_loader, metrics=metrics, valid_metrics=valid_metrics,
+        logger=logger, env=env, tensorboard=tensorboard, checkpoint_extra=checkpoint_extra, health=health,
+        print_fn=print_fn,
+    )
+    resumed = None
+    if args.resume:
+        resumed = trainer.checkpointer.load_latest(read_checkpoint)
+    if resumed is not None:
+        print_fn(f"Resuming from {resumed[0]}")
+        trainer.load_state_dict(resumed[1], source=resumed[0])
+    elif args.ckpt:
+        print_fn(f"Loading checkpoint {args.ckpt}")
+        trainer.load_state_dict(read_checkpoint(args.ckpt), source=args.ckpt)
+    try:
+        trainer.fit()
+    finally:
+        logger.close() if hasattr(logger, "close") else None
+        tensorboard.close()
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""How a batch of the data loader feeds the wav2vec 2.0 models and criteria (the trainer's ``TrainingTask``).
+
+Batches are the loader's dictionaries (``common/data``): ``source`` B x L, ``lengths`` B, ``sub_batch_sizes``, and in
+fine-tuning ``target`` / ``target_lengths``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from common.metrics import WerStats, ctc_greedy_collapse
+
+from .criterion import ContrastiveCriterion, CtcCriterion
+
+__all__ = ["PretrainTask", "FinetuneTask"]
+
+
+def _lengths_or_none(batch: Mapping[str, Any]) -> torch.Tensor | None:
+    """None when every row is full length (cropped pretraining batches carry no padding)."""
+    lengths = batch.get("lengths")
+    if lengths is None:
+        return None
+    if bool((lengths == batch["source"].shape[1]).all()):
+        return None
+    return lengths
+
+
+@dataclass
+class PretrainTask:
+    criterion: ContrastiveCriterion
+    mode: str = "pretrain"
+
+    def train_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
+        out = model(
+            batch["source"],
+            _lengths_or_none(batch),
+            sub_batch_sizes=batch.get("sub_batch_sizes"),
+            generator=generator,
+        )
+        return self.criterion(out)
+
+    valid_step = train_step
+
+
+@dataclass
+class FinetuneTask:
+    """CTC training; validation adds the reference's WER statistics (greedy decoding, letter post-processing)."""
+
+    criterion: CtcCriterion
+    symbols: Sequence[str]
+    mode: str = "finetune"
+
+    def train_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
+        logits, out_lengths = model(batch["source"], batch.get("lengths"), generator=generator)
+        target = batch["target"].to(logits.device)
+        target_lengths = batch["target_lengths"].to(logits.device)
+        return self.criterion(logits, out_lengths, target, target_lengths)
+
+    def valid_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
+        logits, out_lengths = model(batch["source"], batch.get("lengths"), generator=generator)
+        target = batch["target"].to(logits.device)
+        target_lengths = batch["target_lengths"].to(logits.device)
+        loss, size, log = self.criterion(logits, out_lengths, target, target_lengths)
+        stats = WerStats()
+        pred = logits.argmax(-1).cpu()
+        frames = out_lengths.cpu().tolist() if out_lengths is not None else [logits.shape[1]] * logits.shape[0]
+        tgt = batch["target"].cpu()
+        for i, n in enumerate(frames):
+            ref = [int(t) for t in tgt[i, : int(batch["target_lengths"][i])]]
+            stats.add(ctc_greedy_collapse(pred[i, :n].tolist(), self.criterion.blank_index), ref, self.symbols)
+        log = dict(log, **stats.log_dict())
+        return loss, size, log
