@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Inference latency of our CTC model vs HuggingFace transformers' Wav2Vec2ForCTC with the SAME weights.
+
+Our model (random weights, dropout 0, eval mode) is exported with ``wav2vec2.checkpoint.hf_state_dict`` /
+``hf_config`` (as tests/test_hf_parity.py does) and loaded strictly into ``transformers.Wav2Vec2ForCTC``. The input is
+a batch of identical-length utterances (default 104000 samples = 6.5 s, the average test-other utterance of the
+reference's latency table). The models are timed alternately in one process (ours, HF, [ours with the Hourglass
+encoder]) so that machine-load drift hits all of them alike; the report gives medians, minima and ours/HF ratios.
+
+``ours`` is our forward as inference.py calls it on a batch without padding (``model(waveforms, None)``: plain
+fused GroupNorm); ``ours_masked`` is the padded-batch path (``model(waveforms, lengths)``: masked GroupNorm with
+per-utterance statistics, what makes batched results equal to one-by-one results); HF is called without an attention
+mask (what HF does for GroupNorm "base" models, whose batched output therefore depends on padding).
+
+    python benchmarks/inference_latency.py --presets base tiny --batch_sizes 1 8 --repeats 10 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wav2vec2 import Wav2Vec2ForCTC, preset  # noqa: E402
+from wav2vec2.checkpoint import hf_config, hf_state_dict  # noqa: E402
+
+NO_DROP = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0,
+               dropout_input=0.0, dropout_features=0.0, final_dropout=0.0)
+VOCAB = 32  # LibriSpeech letters
+
+
+def build_models(name: str, hourglass: bool, attn: str, seed: int = 0) -> Dict[str, torch.nn.Module]:
+    import transformers
+
+    torch.manual_seed(seed)
+    plain_cfg = preset(name, hourglass_transformer=None, **NO_DROP)
+    ours = Wav2Vec2ForCTC(plain_cfg, VOCAB).eval()
+    d = {k: v for k, v in hf_config(plain_cfg, VOCAB).items() if k != "wav2vec2_trainer_config"}
+    hf = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**d, attn_implementation=attn)).eval()
+    missing, unexpected = hf.load_state_dict(hf_state_dict(ours), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"weight export mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    models: Dict[str, torch.nn.Module] = {"ours": ours, "hf": hf, "ours_masked": ours}
+    default_cfg = preset(name, **NO_DROP)
+    if hourglass and default_cfg.hourglass_transformer:
+        models["ours_hourglass"] = Wav2Vec2ForCTC(default_cfg, VOCAB).eval()
+    return models
+
+
+def forward_fn(tag: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+    if tag == "hf":
+        return lambda: model(x).logits
+    if tag == "ours_masked":
+        return lambda: model(x, lengths)[0]
+    return lambda: model(x, None)[0]
+
+
+def check_same_outputs(models: Dict[str, torch.nn.Module], x: torch.Tensor) -> float:
+    with torch.inference_mode():
+        a = forward_fn("ours", models["ours"], x)()
+        b = forward_fn("hf", models["hf"], x)()
+    return float((a - b).abs().max())
+
+
+def time_alternating(models: Dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, warmup: int
+                     ) -> Dict[str, List[float]]:
+    fns = {tag: forward_fn(tag, m, x) for tag, m in models.items()}
+    times: Dict[str, List[float]] = {tag: [] for tag in fns}
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            for tag, fn in fns.items():
+                t = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t
+                if i >= warmup:
+                    times[tag].append(dt)
+    return times
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", nargs="+", default=["base", "tiny"], choices=["base", "tiny", "large"])
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--samples", type=int, default=104000, help="samples per utterance (16 kHz)")
+    p.add_argument("--repeats", type=int, default=10, help="timed forwards per model and batch size")
+    p.add_argument("--warmup", type=int, default=2, help="untimed forwards per model first")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (default: all cores)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--hf_attention", default="sdpa", choices=["sdpa", "eager"], help="HF attn_implementation")
+    p.add_argument("--no_hourglass", action="store_true", help="skip our default-Hourglass model")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {cpu}, "
+          f"{os.cpu_count()} cores, threads {args.threads}, device {device}, load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    rows = []
+    for name in args.presets:
+        models = {k: m.to(device) for k, m in build_models(name, not args.no_hourglass, args.hf_attention).items()}
+        gen = torch.Generator().manual_seed(1)
+        diff = check_same_outputs(models, (0.1 * torch.randn(1, 16000, generator=gen)).to(device))
+        print(f"[{name}] ours vs HF max |logit diff| on 1 s of noise: {diff:.2e}")
+        for bsz in args.batch_sizes:
+            x = (0.1 * torch.randn(bsz, args.samples, generator=gen)).to(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times = time_alternating(models, x, args.repeats, args.warmup)
+            med = {tag: statistics.median(v) for tag, v in times.items()}
+            row = {"preset": name, "batch_size": bsz, "samples": args.samples, "repeats": args.repeats,
+                   "threads": args.threads,
+                   **{f"{tag}_median_ms": 1000 * m for tag, m in med.items()},
+                   **{f"{tag}_min_ms": 1000 * min(v) for tag, v in times.items()},
+                   "ours_over_hf": med["ours"] / med["hf"]}
+            if "ours_hourglass" in med:
+                row["hourglass_over_hf"] = med["ours_hourglass"] / med["hf"]
+            rows.append(row)
+            row["masked_over_hf"] = med["ours_masked"] / med["hf"]
+            extra = f", ours masked-extractor path {1000 * med['ours_masked']:.1f} ms (x{row['masked_over_hf']:.2f})"
+            extra += (f", ours+Hourglass {1000 * med['ours_hourglass']:.1f} ms "
+                      f"(x{row['hourglass_over_hf']:.2f})") if "ours_hourglass" in med else ""
+            print(f"[{name}] batch {bsz}: ours {1000 * med['ours']:.1f} ms, HF {1000 * med['hf']:.1f} ms, "
+                  f"ours/HF {row['ours_over_hf']:.3f}{extra}  (medians of {args.repeats}; "
+                  f"RTF ours {med['ours'] / (bsz * args.samples / 16000):.4f})")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+#!/usr/bin/env python
+"""Evaluate a fine-tuned wav2vec 2.0 CTC model: WER/UER on a filelist, or a latency benchmark (REFERENCE.md §6).
+
+    python inference.py --w2v_path results/finetune/wav2vec2_best.pt --data /datasets/LibriSpeech \
+        --valid_subset test-other --output_dir results/inference --batch_size 8 --save_predictions preds.tsv
+    torchrun --nproc_per_node 8 inference.py ...           # each rank evaluates a shard; rank 0 reports
+
+Flags: the reference's (common + fine-tuning + inference groups) plus ``--max_duration``, ``--torch_compile``,
+``--use_ema`` (``--device`` / ``--cpu`` are common flags). See docs/INFERENCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import torch
+
+from common.args import add_common_args, add_inference_args, non_negative_float
+from wav2vec2.args import add_dropout_and_masking_args, add_finetuning_args
+
+LOG = logging.getLogger("inference")
+
+
+class InferenceError(RuntimeError):
+    """A user error (bad file, bad flag combination): printed without a traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="wav2vec 2.0 CTC inference (WER / latency)",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(parser)
+    add_dropout_and_masking_args(parser)
+    add_finetuning_args(parser)
+    add_inference_args(parser)
+    g = parser.add_argument_group("inference (ours)")
+    g.add_argument("--max_duration", type=non_negative_float, default=None,
+                   help="batch by duration: at most this many seconds of padded audio per batch (utterances sorted "
+                        "by length; outputs stay in filelist order)")
+    g.add_argument("--torch_compile", action="store_true", help="run the model through torch.compile")
+    g.add_argument("--use_ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    g.add_argument("--transcribe_wav", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--transcribe_filelist", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------- preparation
+
+
+def _dictionary(args: argparse.Namespace, ckpt_labels: Optional[str], vocab_size: int):
+    from common.data import Dictionary
+
+    if args.labels_path:
+        if not os.path.isfile(args.labels_path):
+            raise InferenceError(f"dictionary not found: {args.labels_path} (--labels_path)")
+        dictionary, source = Dictionary.load(args.labels_path), args.labels_path
+    elif ckpt_labels:
+        dictionary, source = Dictionary.from_text(ckpt_labels, source=f"{args.w2v_path} (output_labels)"), \
+            f"the dictionary stored in {args.w2v_path}"
+    else:
+        path = os.path.join(args.data, f"dict.{args.labels}.txt")
+        if not os.path.isfile(path):
+            raise InferenceError(f"no dictionary: {args.w2v_path} stores none and {path} does not exist; "
+                                 "pass --labels_path")
+        dictionary, source = Dictionary.load(path), path
+    if len(dictionary) != vocab_size:
+        raise InferenceError(
+            f"dictionary size mismatch: {source} has {len(dictionary)} symbols (incl. 4 special) but the model "
+            f"{args.w2v_path} outputs {vocab_size} classes; use the dictionary the model was fine-tuned with")
+    return dictionary
+
+
+def _load_model(args: argparse.Namespace):
+    from wav2vec2.checkpoint import CheckpointError, load_checkpoint
+
+    if not args.w2v_path:
+        raise InferenceError("--w2v_path (the fine-tuned checkpoint to evaluate) is required")
+    if not os.path.exists(args.w2v_path):
+        raise InferenceError(f"checkpoint not found: {args.w2v_path} (--w2v_path)")
+    if args.w2v_path_for_args and args.w2v_path_for_args != args.w2v_path:
+        LOG.warning("--w2v_path_for_args is ignored: the architecture is read from %s itself", args.w2v_path)
+    try:
+        loaded = load_checkpoint(args.w2v_path, use_ema=args.use_ema)
+    except CheckpointError as exc:
+        raise InferenceError(str(exc)) from None
+    if loaded.kind != "ctc":
+        raise InferenceError(
+            f"{args.w2v_path} is a pretraining checkpoint (no CTC head): fine-tune it first "
+            "(train.py finetune --w2v_path ...) and evaluate the fine-tuned checkpoint")
+    return loaded
+
+
+def _precision(args: argparse.Namespace, device: torch.device):
+    from common.precision import PrecisionPolicy
+
+    fp16 = args.fp16 or (args.amp and not args.bf16)
+    if fp16 and args.bf16:
+        raise InferenceError("--fp16/--amp and --bf16 are mutually exclusive")
+    if fp16 and device.type != "cuda":
+        raise InferenceError(f"--fp16 needs a CUDA device (got {device}); on CPU use --bf16 or FP32")
+    dev = "cuda" if device.type == "cuda" else "cpu"
+    return PrecisionPolicy.from_flags(fp16=fp16, bf16=args.bf16, tf32=args.tf32, cpu=dev == "cpu")
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, torchscript: bool = False,
+                  torch_compile: bool = False, example_lengths: Sequence[int] = (16000, 12000)) -> torch.nn.Module:
+    """Eval mode on ``device``, masked extractor, then optionally TorchScript (traced) or torch.compile.
+
+    TorchScript: ``torch.jit.script`` cannot compile the model (keyword-only arguments and optional generator
+    arguments of the forward, dataclass configs), so the CTC model is TRACED with an example padded batch of two
+    utterances of different lengths; the trace generalises over batch size and lengths (tested).
+    """
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    extractor = getattr(getattr(model, "w2v_model", None), "feature_extractor", None)
+    if extractor is not None and hasattr(extractor, "mask_padding"):
+        extractor.mask_padding = True  # batch-invariant GroupNorm statistics (REFERENCE.md §6.2 step 7)
+    if torchscript:
+        print("Attempting TorchScript export...")
+        n = max(example_lengths)
+        x = torch.zeros(len(example_lengths), n, device=device)
+        gen = torch.Generator().manual_seed(0)
+        for i, k in enumerate(example_lengths):
+            x[i, :k] = (0.1 * torch.randn(k, generator=gen)).to(device)
+        lengths = torch.tensor(list(example_lengths), device=device)
+        with torch.no_grad():
+            model = torch.jit.trace(model, (x, lengths), check_trace=False)
+    elif torch_compile:
+        model = torch.compile(model, dynamic=True)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> int:
+    from common.data import open_split
+    from common.data.errors import DataError
+    from common.distributed import init_distributed, shutdown
+    from common.evaluation import (EvalSettings, build_eval_loader, gather_results, plan_batches,
+                                   run_ctc_evaluation, shard_batches, write_logits, write_predictions)
+    from common.logging import build_logger, inference_metadata
+    from common.progress import Progress
+
+    if args.transcribe_wav or args.transcribe_filelist:
+        raise InferenceError("--transcribe_wav/--transcribe_filelist are not supported (broken in the reference); "
+                             "write a filelist <data>/<subset>.tsv without a transcript file instead")
+    if args.torchscript and args.torch_compile:
+        raise InferenceError("--torchscript and --torch_compile are mutually exclusive")
+    if args.batch_size is None and args.max_duration is None:
+        raise InferenceError("give --batch_size (utterances per batch) or --max_duration (seconds per batch)")
+    if args.steps < 0 or args.warmup_steps < 0:
+        raise InferenceError("--steps and --warmup_steps must be >= 0")
+
+    env = init_distributed(cpu=args.cpu, device=args.device)
+    device = env.device
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError(f"--device {device} requested but CUDA is not available")
+    policy = _precision(args, device)
+    policy.apply_tf32()
+    torch.manual_seed(args.seed + env.local_rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
+
+    loaded = _load_model(args)
+    model = loaded.model
+    vocab = int(getattr(model, "vocab_size"))
+    dictionary = _dictionary(args, loaded.labels, vocab)
+    if args.blank_weight != 0.0:
+        model.cfg = model.cfg.replace(blank_weight=args.blank_weight, blank_mode=args.blank_mode)
+    separator = dictionary.indices.get("|")
+    if separator is None:
+        LOG.warning("the dictionary has no word separator '|': each utterance is scored as one word")
+
+    tsv = os.path.join(args.data, f"{args.valid_subset}.tsv")
+    if not os.path.isfile(tsv):
+        raise InferenceError(f"filelist not found: {tsv} (--data {args.data} --valid_subset {args.valid_subset})")
+    labels_file = os.path.join(args.data, f"{args.valid_subset}.{args.labels}")
+    has_labels = os.path.isfile(labels_file)
+    if not has_labels and env.is_main:
+        print(f"No transcripts ({labels_file} not found): transcribing only, no WER.")
+    try:
+        dataset = open_split(args.data, args.valid_subset, labels=args.labels if has_labels else None,
+                             dictionary=dictionary, sample_rate=args.sample_rate,
+                             normalize=bool(loaded.config.normalize))
+    except (DataError, FileNotFoundError) as exc:
+        raise InferenceError(str(exc)) from None
+
+    batches = plan_batches(dataset.sizes, batch_size=args.batch_size, max_duration=args.max_duration,
+                           sample_rate=args.sample_rate, drop_last=args.steps > 0 and args.max_duration is None)
+    if len(batches) < env.world_size:  # decided identically on every rank, so no rank waits for another
+        raise InferenceError(f"{len(batches)} batches for {env.world_size} processes: some would have nothing to "
+                             "evaluate; use fewer processes or smaller batches")
+    shard = shard_batches(batches, env.world_size, env.rank)
+    loader = build_eval_loader(dataset, shard, num_workers=args.num_workers)
+    if args.steps > 0 and (args.save_predictions or args.save_logits) and env.is_main:
+        print("Performance mode (--steps > 0): no WER, --save_predictions/--save_logits are not written.")
+
+    logger = build_logger(args.output_dir, args.log_file, rank=env.rank, default_name="nvlog_infer.json",
+                          metadata=inference_metadata())
+    logger.log_parameters(vars(args))
+    if env.world_size > 1 and env.is_main:
+        print(f"Inference with {env.world_size} processes ({device.type})")
+    if env.is_main:
+        print(f"Evaluating {args.w2v_path} ({loaded.source_format}, {vocab} outputs) on {tsv}: "
+              f"{len(dataset)} utterances, {len(batches)} batches, precision {policy.mode}, device {device}")
+
+    model = prepare_model(model, device, torchscript=args.torchscript, torch_compile=args.torch_compile)
+    settings = EvalSettings(
+        symbols=dictionary.symbols, word_separator=separator, blank=dictionary.blank, steps=args.steps,
+        warmup_steps=args.warmup_steps, keep_log_probs=bool(args.save_logits) and args.steps == 0,
+        autocast=policy.autocast, sample_rate=args.sample_rate, unpadded_fast_path=not args.torchscript,
+        progress=Progress(total=None, desc="inference", unit="batch", enabled=env.is_main),
+    )
+    settings.progress.total = settings.num_iterations(len(shard))
+    result = run_ctc_evaluation(model, loader, settings, device=device, batches_per_pass=len(shard))
+    result = gather_results(result, keep_log_probs=settings.keep_log_probs)
+
+    if env.is_main:
+        summary = result.summary()
+        if not any(k.endswith("_latency_0_5") for k in summary):
+            print("Not enough samples to measure latencies.")
+        logger.log((), summary)
+        logger.flush()
+        names = dataset.manifest.files
+        if args.save_predictions and args.steps == 0:
+            write_predictions(args.save_predictions, result, names)
+            print(f"Predictions written to {args.save_predictions}")
+        if args.save_logits and args.steps == 0:
+            write_logits(args.save_logits, result, names, dictionary.symbols)
+            print(f"Log-probabilities written to {args.save_logits}")
+        if "eval_wer" in summary:
+            counts = result.error_counts()
+            print(f"WER: {summary['eval_wer']:.2f}% ({counts['w_errs']} errors / {counts['w_len']} words)")
+            print(f"UER: {summary['eval_uer']:.2f}% ({counts['c_errs']} errors / {counts['c_len']} units; "
+                  "letter dictionaries: CER counting word boundaries)")
+            if counts["utterances"] and counts["empty_predictions"] == counts["utterances"]:
+                print("WARNING: every prediction is empty (blank-only CTC output): the model is not fine-tuned "
+                      "enough, or the dictionary / blank index does not match the model (PITFALLS #11)")
+        if "dnn_throughput_utts_per_s" in summary:
+            print(f"Throughput (model): {summary['dnn_throughput_utts_per_s']:.2f} utterances/s, "
+                  f"{summary['dnn_throughput_audio_s_per_s']:.2f} s of audio/s, RTF {summary['dnn_rtf']:.4f}")
+    logger.close()
+    shutdown()
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except InferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""inference.py end to end on a tiny CTC model (random weights) and a tiny tonal corpus.
+
+Random weights are enough: the point is that batching, TorchScript and torch.compile do not change the predictions,
+that the output files follow docs/INFERENCE.md, and that bad inputs fail with messages naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import inference
+from common.data import Dictionary
+from common.logging import read_dllogger_log
+from conftest import make_corpus
+from wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2Model, preset
+from wav2vec2.checkpoint import model_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_DROP = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0,
+               dropout_input=0.0, dropout_features=0.0, final_dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inference")
+    data = make_corpus(str(tmp / "corpus"), n_train=16, n_valid=9, seed=5)
+    dictionary = Dictionary.load(os.path.join(data, "dict.ltr.txt"))
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(preset("tiny", **NO_DROP), len(dictionary))
+    with torch.no_grad():  # a blank-heavy but not blank-only random model
+        model.w2v_encoder.proj.bias[0] += 0.5
+    ckpt = str(tmp / "ctc.pt")
+    torch.save(model_checkpoint(model, labels=dictionary.to_text()), ckpt)
+    return {"tmp": tmp, "data": data, "ckpt": ckpt, "dictionary": dictionary}
+
+
+def _args(setup, out, *extra):
+    return ["--w2v_path", setup["ckpt"], "--data", setup["data"], "--valid_subset", "valid",
+            "--output_dir", str(out), "--num_workers", "0", "--cpu", *extra]
+
+
+def _read_tsv(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh, delimiter="\t"))
+
+
+def _wer(out):
+    records = [r for r in read_dllogger_log(os.path.join(out, "nvlog_infer.json")) if r.get("step") == []]
+    return records[-1]["data"]
+
+
+def _run_inprocess(setup, name, *extra):
+    out = setup["tmp"] / name
+    preds = str(out / "p.tsv")
+    os.makedirs(out, exist_ok=True)
+    rc = inference.main(_args(setup, out, "--save_predictions", preds, *extra))
+    assert rc == 0
+    return _read_tsv(preds), _wer(str(out))
+
+
+def test_predictions_do_not_depend_on_batching(setup):
+    one, log1 = _run_inprocess(setup, "bs1", "--batch_size", "1")
+    four, log4 = _run_inprocess(setup, "bs4", "--batch_size", "4")
+    dur, logd = _run_inprocess(setup, "dur", "--max_duration", "3.5")
+    assert one == four == dur
+    assert len(one) == 1 + 9
+    assert any(row[2] for row in one[1:])  # not blank-only
+    for key in ("eval_wer", "eval_uer", "eval_w_errs", "eval_w_len", "eval_c_errs", "eval_c_len"):
+        assert log1[key] == log4[key] == logd[key]
+
+
+def test_torchscript_gives_the_eager_predictions(setup):
+    eager, log_e = _run_inprocess(setup, "eager", "--batch_size", "3")
+    scripted, log_s = _run_inprocess(setup, "ts", "--batch_size", "3", "--torchscript")
+    assert scripted == eager and log_s["eval_wer"] == log_e["eval_wer"]
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_eager_predictions(setup):
+    eager, _ = _run_inprocess(setup, "eager_c", "--batch_size", "3")
+    compiled, _ = _run_inprocess(setup, "compiled", "--batch_size", "3", "--torch_compile")
+    assert compiled == eager
+
+
+def test_bf16_on_cpu_runs(setup):
+    rows, log = _run_inprocess(setup, "bf16", "--batch_size", "4", "--bf16")
+    assert len(rows) == 10 and "eval_wer" in log
+
+
+def test_end_to_end_subprocess_files_and_printed_wer(setup):
+    out = setup["tmp"] / "e2e"
+    preds, logits = str(out / "pred.tsv"), str(out / "logits.pt")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "inference.py"),
+                           *_args(setup, out, "--batch_size", "2", "--save_predictions", preds,
+                                  "--save_logits", logits)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "inference: " in proc.stderr  # progress line
+    printed = re.search(r"^WER: (\d+\.\d\d)%", proc.stdout, re.M)
+    assert printed and re.search(r"^UER: \d+\.\d\d%", proc.stdout, re.M)
+    log = _wer(str(out))
+    assert printed.group(1) == f"{log['eval_wer']:.2f}"
+    assert os.path.isfile(str(out / "nvlog_infer.json.1"))  # the per-run copy
+    # predictions: header + one row per filelist entry, in filelist order, ids = relative paths
+    with open(os.path.join(setup["data"], "valid.tsv")) as fh:
+        names = [line.split("\t")[0] for line in fh.read().splitlines()[1:]]
+    with open(os.path.join(setup["data"], "valid.wrd")) as fh:
+        words = fh.read().splitlines()
+    rows = _read_tsv(preds)
+    assert rows[0] == ["id", "reference", "hypothesis"]
+    assert [r[0] for r in rows[1:]] == names
+    assert [r[1] for r in rows[1:]] == words
+    # the WER recomputed from the file equals the logged one
+    errs = sum(_ed(r[2].split(), r[1].split()) for r in rows[1:])
+    n = sum(len(r[1].split()) for r in rows[1:])
+    assert log["eval_wer"] == pytest.approx(100.0 * errs / n)
+    # logits: ids, per-utterance T_i x V log-probabilities of the valid frames, symbols
+    saved = torch.load(logits)
+    assert saved["ids"] == names and saved["symbols"] == setup["dictionary"].symbols
+    assert len(saved["log_probs"]) == len(names)
+    with open(os.path.join(setup["data"], "valid.tsv")) as fh:
+        sizes = [int(line.split("\t")[1]) for line in fh.read().splitlines()[1:]]
+    for lp, size in zip(saved["log_probs"], sizes):
+        assert lp.dtype == torch.float32 and lp.shape[1] == len(setup["dictionary"])
+        assert abs(lp.shape[0] - size / 320) < 2  # 20 ms frames
+        assert torch.allclose(lp.exp().sum(-1), torch.ones(lp.shape[0]), atol=1e-4)
+
+
+def _free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ed(a, b):
+    from common.metrics import edit_distance
+    return edit_distance(a, b)
+
+
+def test_performance_mode_logs_latencies(setup):
+    out = setup["tmp"] / "perf"
+    rc = inference.main(_args(setup, out, "--batch_size", "4", "--steps", "21", "--warmup_steps", "2"))
+    assert rc == 0
+    log = _wer(str(out))
+    assert "eval_wer" not in log
+    for stage in ("data", "dnn", "data+dnn"):
+        for suffix in ("0_99", "0_95", "0_9", "0_5"):
+            assert log[f"{stage}_latency_{suffix}"] > 0
+    assert log["dnn_latency_0_99"] >= log["dnn_latency_0_5"] * 0.5
+    assert log["dnn_throughput_utts_per_s"] > 0 and log["dnn_rtf"] > 0
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def _fails(setup, capsys, name, *extra):
+    rc = inference.main(_args(setup, setup["tmp"] / name, "--batch_size", "2", *extra))
+    assert rc == 2
+    return capsys.readouterr().err
+
+
+def test_missing_checkpoint(setup, capsys):
+    err = _fails(setup, capsys, "bad1", "--w2v_path", "/nonexistent/model.pt")
+    assert "checkpoint not found: /nonexistent/model.pt" in err
+
+
+def test_pretraining_checkpoint_is_refused(setup, capsys):
+    path = str(setup["tmp"] / "pretrain.pt")
+    torch.save(model_checkpoint(Wav2Vec2Model(preset("tiny", **NO_DROP))), path)
+    err = _fails(setup, capsys, "bad2", "--w2v_path", path)
+    assert path in err and "pretraining checkpoint" in err
+
+
+def test_dictionary_size_mismatch(setup, capsys):
+    path = str(setup["tmp"] / "dict.small.txt")
+    with open(path, "w") as fh:
+        fh.write("| 5\nA 3\n")
+    err = _fails(setup, capsys, "bad3", "--labels_path", path)
+    assert "dictionary size mismatch" in err and path in err
+
+
+def test_missing_filelist(setup, capsys):
+    err = _fails(setup, capsys, "bad4", "--valid_subset", "nope")
+    assert "filelist not found" in err and "nope.tsv" in err
+
+
+def test_fp16_on_cpu_is_refused(setup, capsys):
+    err = _fails(setup, capsys, "bad5", "--fp16")
+    assert "--fp16 needs a CUDA device" in err
+
+
+def test_ddp_two_gloo_processes_match_one_process(setup):
+    """torchrun with 2 CPU processes (gloo, 1 thread each): shards are gathered on rank 0 in filelist order."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun):
+        pytest.skip("torchrun not installed next to the interpreter")
+    single, log1 = _run_inprocess(setup, "ddp_ref", "--batch_size", "2")
+    out = setup["tmp"] / "ddp"
+    preds = str(out / "p.tsv")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()),
+                           os.path.join(ROOT, "inference.py"),
+                           *_args(setup, out, "--batch_size", "2", "--save_predictions", preds)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Inference with 2 processes" in proc.stdout
+    assert _read_tsv(preds) == single
+    log = _wer(str(out))
+    for key in ("eval_wer", "eval_w_errs", "eval_w_len", "eval_c_errs", "eval_c_len", "eval_utterances"):
+        assert log[key] == log1[key]
+
+
+def test_use_ema(setup, capsys, tmp_path):
+    err = _fails(setup, capsys, "ema_missing", "--use_ema")
+    assert "has no EMA weights" in err and setup["ckpt"] in err
+    ckpt = torch.load(setup["ckpt"], weights_only=False)
+    ckpt["ema_model"] = dict(ckpt["model"])
+    path = str(tmp_path / "with_ema.pt")
+    torch.save(ckpt, path)
+    plain, _ = _run_inprocess(setup, "ema_plain", "--batch_size", "4")
+    ema, _ = _run_inprocess(setup, "ema", "--batch_size", "4", "--use_ema", "--w2v_path", path)
+    assert ema == plain  # same weights stored as EMA
+
+
+def test_filelist_without_transcripts_transcribes_only(setup, tmp_path):
+    data = tmp_path / "nolabels"
+    data.mkdir()
+    with open(os.path.join(setup["data"], "valid.tsv")) as src, open(data / "some.tsv", "w") as dst:
+        dst.write(src.read())
+    out = tmp_path / "out"
+    preds = str(tmp_path / "p.tsv")
+    rc = inference.main(["--w2v_path", setup["ckpt"], "--data", str(data), "--valid_subset", "some",
+                         "--output_dir", str(out), "--num_workers", "0", "--cpu", "--batch_size", "4",
+                         "--save_predictions", preds])
+    assert rc == 0
+    rows = _read_tsv(preds)
+    assert len(rows) == 10 and all(r[1] == "" for r in rows[1:])
+    assert "eval_wer" not in _wer(str(out))
