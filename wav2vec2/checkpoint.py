@@ -170,7 +170,7 @@ def _record_to_plain(rec: _Record) -> Any:
                 return {k: _plain(v) for k, v in content.items()}
             if isinstance(content, (list, tuple)):
                 return [_plain(v) for v in content]
-            return content if isinstance(content, str) is False else content  # "???"/None markers
+            return content  # None or omegaconf's "???" marker
         if "_val" in state:
             return _plain(state["_val"])
         if "_items" in state:
@@ -385,8 +385,6 @@ def load_checkpoint(path: str, use_ema: bool = False, map_location: str | torch.
         raise CheckpointError(f"{path}: no model weights under '{key}' (keys: {sorted(ckpt)[:10]})")
     sd = upgrade_state_dict(sd)
     cfg, kind, fmt = _config_and_kind(ckpt, sd, path)
-    if kind == "pretrain":
-        sd = {k: v for k, v in sd.items()}
     model = _build(cfg, kind, sd, path)
     model.eval()
     labels = ckpt.get("output_labels")

@@ -350,6 +350,7 @@ def _tiny() -> Wav2Vec2Config:
         final_dim=64,
         latent_vars=64,
         latent_groups=2,
+        latent_temp=(2.0, 0.5, 0.998),  # anneals to 0.5 in ~700 updates: demo-length schedules
         num_negatives=50,
         mask_prob=0.65,
         encoder_layerdrop=0.0,

@@ -18,7 +18,7 @@ State-dict keys are fairseq's / NVIDIA's (``feature_extractor.*``, ``post_extrac
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -62,7 +62,6 @@ class PretrainingOutput:
     num_vars: Optional[int] = None
     temp: Optional[float] = None
     padding_mask: Optional[torch.Tensor] = None  # B x T frame padding
-    extra: dict = field(default_factory=dict)
 
     @property
     def sample_size(self) -> int:
