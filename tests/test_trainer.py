@@ -258,3 +258,39 @@ def test_update_freq_normalises_by_total_sample_size(tmp_path):
     assert torch.allclose(captured["g"], ref2.weight.grad / 8.0, atol=1e-6)
     del loader
     assert math.isfinite(float(captured["g"].sum()))
+
+
+def _series(out_dir: str, key: str) -> list[float]:
+    vals = []
+    with open(os.path.join(out_dir, "nvlog.json")) as f:
+        for line in f:
+            if line.startswith("DLLL "):
+                data = json.loads(line[5:]).get("data", {})
+                if key in data:
+                    vals.append(data[key])
+    return vals
+
+
+@pytest.mark.slow
+def test_pretraining_and_finetuning_learn(tiny_corpus, tmp_path):
+    """A few hundred updates on the tone corpus: pretraining loss falls and accuracy rises; fine-tuning loss and
+    WER fall."""
+    pre = str(tmp_path / "pre")
+    _run_train(_pretrain_args(tiny_corpus, pre, "--max_update", "300", "--warmup_updates", "30", "--lr", "0.002",
+                              "--latent_temp", "2.0", "0.5", "0.99", "--log_frequency", "10", "--dropout", "0.0",
+                              "--encoder_layerdrop", "0.0"))
+    loss, acc = _series(pre, "train_loss"), _series(pre, "train_accuracy")
+    assert sum(loss[-3:]) / 3 < 0.8 * sum(loss[:3]) / 3
+    assert sum(acc[-3:]) / 3 > 2 * sum(acc[:3]) / 3
+    ft = str(tmp_path / "ft")
+    _run_train([
+        "finetune", "--w2v_path", os.path.join(pre, "wav2vec2_update300.pt"), "--data", tiny_corpus,
+        "--train_subset", "train", "--valid_subset", "valid", "--output_dir", ft, "--cpu", "--max_tokens", "60000",
+        "--required_batch_size_multiple", "1", "--num_workers", "0", "--max_update", "300", "--lr", "0.002",
+        "--update_freq", "1", "--lr_policy", "exp", "--warmup_updates", "30", "--hold_updates", "120",
+        "--initial_lr_scale", "0.01", "--final_lr_scale", "0.05", "--feature_grad_mult", "1.0",
+        "--log_frequency", "10", "--save_frequency", "10",
+    ])
+    ctc, wer = _series(ft, "train_loss"), _series(ft, "val_wer")
+    assert sum(ctc[-3:]) / 3 < 0.5 * sum(ctc[:3]) / 3
+    assert wer[-1] < wer[0] and wer[-1] < 100.0

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The whole job on the embedded synthetic corpus, on CPU: corpus -> pretrain (tiny) -> fine-tune -> infer -> WER.
+#
+#   bash scripts/demo.sh            (or `make demo`, which also builds .venv)
+#
+# Every stage resumes when interrupted and is skipped when finished with the same settings; a stage whose settings
+# changed is rerun from scratch (its old output is moved aside), never silently reused.
+#
+# Environment (defaults in brackets):
+#   RESULTS_DIR     [results/demo]   all outputs: checkpoints, dllogger logs, TensorBoard events, PNG curves
+#   DATA_DIR        [data/synthetic] corpus root (LibriSpeech layout under $DATA_DIR/LibriSpeech)
+#   TRAIN_MINUTES   [60]   unlabelled pretraining audio       FT_SUBSET [train-30min]  labelled fine-tuning list
+#   PT_UPDATES      [900]  pretraining updates                FT_UPDATES [900]        fine-tuning updates
+#   PT_LR           [0.001]                                   FT_LR      [0.0005]
+#   MAX_TOKENS      [300000] samples per batch                 THREADS    [all cores]
+#   SKIP_PRETRAIN   [0]    1: fine-tune from random initialisation (for the study in docs/RESULTS.md)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+[ -x "$PYTHON" ] || PYTHON=python3
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+
+RESULTS_DIR=${RESULTS_DIR:-results/demo}
+DATA_DIR=${DATA_DIR:-data/synthetic}
+TRAIN_MINUTES=${TRAIN_MINUTES:-60}
+FT_SUBSET=${FT_SUBSET:-train-30min}
+PT_UPDATES=${PT_UPDATES:-900}
+FT_UPDATES=${FT_UPDATES:-900}
+PT_LR=${PT_LR:-0.001}
+FT_LR=${FT_LR:-0.0005}
+MAX_TOKENS=${MAX_TOKENS:-300000}
+SKIP_PRETRAIN=${SKIP_PRETRAIN:-0}
+THREADS=${THREADS:-$(nproc)}
+export OMP_NUM_THREADS=$THREADS
+
+for v in TRAIN_MINUTES PT_UPDATES FT_UPDATES MAX_TOKENS THREADS; do
+    if ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]]; then echo "ERROR: $v must be a positive integer, got '${!v}'" >&2; exit 2; fi
+done
+case "$SKIP_PRETRAIN" in 0|1) ;; *) echo "ERROR: SKIP_PRETRAIN must be 0 or 1, got '$SKIP_PRETRAIN'" >&2; exit 2;; esac
+
+mkdir -p "$RESULTS_DIR"
+START=$(date +%s)
+DATA="$DATA_DIR/LibriSpeech"
+
+# run_stage NAME CMD... : skip when $RESULTS_DIR/NAME/.done holds the same command; rerun cleanly if it changed
+run_stage() {
+    local name=$1; shift
+    local dir="$RESULTS_DIR/$name" sig
+    sig=$(printf '%q ' "$@")
+    if [ -f "$dir/.done" ] && [ "$(cat "$dir/.done")" = "$sig" ]; then
+        echo "== $name: already done (delete $dir/.done to rerun)"; return 0
+    fi
+    if [ -d "$dir" ] && [ -f "$dir/.cmd" ] && [ "$(cat "$dir/.cmd")" != "$sig" ]; then
+        local old="$dir.stale.$(date +%s)"
+        echo "== $name: settings changed; moving the old output to $old"
+        mv "$dir" "$old"
+    fi
+    mkdir -p "$dir"
+    printf '%s' "$sig" > "$dir/.cmd"
+    echo "== $name: $sig"
+    "$@"
+    printf '%s' "$sig" > "$dir/.done"
+}
+
+echo "== corpus: $DATA ($TRAIN_MINUTES min of training audio)"
+OUT_DIR="$DATA_DIR" TRAIN_MINUTES="$TRAIN_MINUTES" PYTHON="$PYTHON" bash scripts/make_synthetic_corpus.sh
+
+COMMON=(--data "$DATA" --cpu --num_workers 1 --log_frequency 25 --max_tokens "$MAX_TOKENS" --seed 1)
+
+if [ "$SKIP_PRETRAIN" = 0 ]; then
+    run_stage pretrain "$PYTHON" train.py pretrain --preset tiny "${COMMON[@]}" \
+        --train_subset train --valid_subset dev-clean --output_dir "$RESULTS_DIR/pretrain" \
+        --max_sample_size 250000 --min_sample_size 16000 --update_freq 1 \
+        --max_update "$PT_UPDATES" --warmup_updates $((PT_UPDATES / 10)) --lr "$PT_LR" --clip_norm 25 \
+        --save_frequency 1 --save_interval_updates 100 --resume
+    INIT="$RESULTS_DIR/pretrain/wav2vec2_update$PT_UPDATES.pt"
+else
+    run_stage random_init "$PYTHON" -m wav2vec2.init_checkpoint --preset tiny --out "$RESULTS_DIR/random_init/model.pt"
+    INIT="$RESULTS_DIR/random_init/model.pt"
+fi
+
+run_stage finetune "$PYTHON" train.py finetune "${COMMON[@]}" --w2v_path "$INIT" \
+    --train_subset "$FT_SUBSET" --valid_subset dev-clean --output_dir "$RESULTS_DIR/finetune" \
+    --update_freq 1 --max_update "$FT_UPDATES" --lr "$FT_LR" --lr_policy exp \
+    --warmup_updates $((FT_UPDATES / 10)) --hold_updates $((FT_UPDATES * 4 / 10)) \
+    --initial_lr_scale 0.01 --final_lr_scale 0.05 --adam_eps 1e-8 --weight_decay 0 \
+    --apply_mask --mask_prob 0.5 --mask_channel_prob 0.1 --mask_channel_length 16 \
+    --feature_grad_mult 0.0 --dropout 0.0 --dropout_input 0.0 --activation_dropout 0.1 --encoder_layerdrop 0.0 \
+    --freeze_finetune_updates $((FT_UPDATES / 10)) --save_frequency 5 --save_interval_updates 100 --resume
+
+MODEL="$RESULTS_DIR/finetune/wav2vec2_update$FT_UPDATES.pt"
+for split in test-clean test-other; do
+    run_stage "infer_$split" "$PYTHON" inference.py --w2v_path "$MODEL" --data "$DATA" --valid_subset "$split" \
+        --labels ltr --cpu --batch_size 8 --num_workers 1 --output_dir "$RESULTS_DIR/infer_$split" \
+        --save_predictions "$RESULTS_DIR/infer_$split/predictions.tsv"
+done
+
+echo "== curves"
+for stage in pretrain finetune; do
+    if [ -f "$RESULTS_DIR/$stage/nvlog.json" ]; then
+        "$PYTHON" -m common.plotting "$RESULTS_DIR/$stage/nvlog.json" --out "$RESULTS_DIR/plots/$stage" || true
+    fi
+done
+
+"$PYTHON" -m utils.demo_summary --results "$RESULTS_DIR" --data "$DATA" --started "$START"
