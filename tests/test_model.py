@@ -352,7 +352,7 @@ def test_pretraining_loss_composition_by_hand():
     loss, s, log = ContrastiveCriterion((0.1, 10.0))(out)
     ce = torch.nn.functional.cross_entropy(out.logits.float(), torch.zeros(s, dtype=torch.long), reduction="sum")
     gv = cfg.latent_vars * cfg.latent_groups
-    div = 0.1 * s * (gv - float(out.prob_perplexity[0])) / gv
+    div = 0.1 * s * (gv - float(out.prob_perplexity[0].detach())) / gv
     pen = 10.0 * s * float(out.features_pen)
     assert s == int(out.mask_indices.sum())
     assert abs(float(loss) - (float(ce) + div + pen)) < 1e-3 * float(loss)
