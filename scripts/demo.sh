@@ -10,10 +10,12 @@
 #   RESULTS_DIR     [results/demo]   all outputs: checkpoints, dllogger logs, TensorBoard events, PNG curves
 #   DATA_DIR        [data/synthetic] corpus root (LibriSpeech layout under $DATA_DIR/LibriSpeech)
 #   TRAIN_MINUTES   [60]   unlabelled pretraining audio       FT_SUBSET [train-30min]  labelled fine-tuning list
-#   PT_UPDATES      [900]  pretraining updates                FT_UPDATES [900]        fine-tuning updates
-#   PT_LR           [0.001]                                   FT_LR      [0.0005]
+#   PT_UPDATES      [1500] pretraining updates                FT_UPDATES [800]        fine-tuning updates
+#   PT_LR           [0.002]                                   FT_LR      [0.002]
 #   MAX_TOKENS      [300000] samples per batch                 THREADS    [all cores]
+#   HOURGLASS       []     e.g. "[1,(2,2),1]": pretrain the tiny model with a Hourglass encoder
 #   SKIP_PRETRAIN   [0]    1: fine-tune from random initialisation (for the study in docs/RESULTS.md)
+#   INIT_CHECKPOINT []     fine-tune from this pretrained checkpoint instead of pretraining here
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,10 +28,12 @@ RESULTS_DIR=${RESULTS_DIR:-results/demo}
 DATA_DIR=${DATA_DIR:-data/synthetic}
 TRAIN_MINUTES=${TRAIN_MINUTES:-60}
 FT_SUBSET=${FT_SUBSET:-train-30min}
-PT_UPDATES=${PT_UPDATES:-900}
-FT_UPDATES=${FT_UPDATES:-900}
-PT_LR=${PT_LR:-0.001}
-FT_LR=${FT_LR:-0.0005}
+PT_UPDATES=${PT_UPDATES:-1500}
+FT_UPDATES=${FT_UPDATES:-800}
+PT_LR=${PT_LR:-0.002}
+FT_LR=${FT_LR:-0.002}
+HOURGLASS=${HOURGLASS:-}
+INIT_CHECKPOINT=${INIT_CHECKPOINT:-}
 MAX_TOKENS=${MAX_TOKENS:-300000}
 SKIP_PRETRAIN=${SKIP_PRETRAIN:-0}
 THREADS=${THREADS:-$(nproc)}
@@ -69,8 +73,13 @@ OUT_DIR="$DATA_DIR" TRAIN_MINUTES="$TRAIN_MINUTES" PYTHON="$PYTHON" bash scripts
 
 COMMON=(--data "$DATA" --cpu --num_workers 1 --log_frequency 25 --max_tokens "$MAX_TOKENS" --seed 1)
 
-if [ "$SKIP_PRETRAIN" = 0 ]; then
-    run_stage pretrain "$PYTHON" train.py pretrain --preset tiny "${COMMON[@]}" \
+if [ -n "$INIT_CHECKPOINT" ]; then
+    [ -f "$INIT_CHECKPOINT" ] || { echo "ERROR: INIT_CHECKPOINT=$INIT_CHECKPOINT does not exist" >&2; exit 2; }
+    INIT="$INIT_CHECKPOINT"
+elif [ "$SKIP_PRETRAIN" = 0 ]; then
+    HG=()
+    [ -n "$HOURGLASS" ] && HG=(--hourglass_transformer "$HOURGLASS")
+    run_stage pretrain "$PYTHON" train.py pretrain --preset tiny "${HG[@]}" "${COMMON[@]}" \
         --train_subset train --valid_subset dev-clean --output_dir "$RESULTS_DIR/pretrain" \
         --max_sample_size 250000 --min_sample_size 16000 --update_freq 1 \
         --max_update "$PT_UPDATES" --warmup_updates $((PT_UPDATES / 10)) --lr "$PT_LR" --clip_norm 25 \
@@ -86,9 +95,9 @@ run_stage finetune "$PYTHON" train.py finetune "${COMMON[@]}" --w2v_path "$INIT"
     --update_freq 1 --max_update "$FT_UPDATES" --lr "$FT_LR" --lr_policy exp \
     --warmup_updates $((FT_UPDATES / 10)) --hold_updates $((FT_UPDATES * 4 / 10)) \
     --initial_lr_scale 0.01 --final_lr_scale 0.05 --adam_eps 1e-8 --weight_decay 0 \
-    --apply_mask --mask_prob 0.5 --mask_channel_prob 0.1 --mask_channel_length 16 \
-    --feature_grad_mult 0.0 --dropout 0.0 --dropout_input 0.0 --activation_dropout 0.1 --encoder_layerdrop 0.0 \
-    --freeze_finetune_updates $((FT_UPDATES / 10)) --save_frequency 5 --save_interval_updates 100 --resume
+    --apply_mask --mask_prob 0.3 --mask_channel_prob 0.05 --mask_channel_length 16 \
+    --feature_grad_mult 1.0 --dropout 0.0 --dropout_input 0.0 --activation_dropout 0.1 --encoder_layerdrop 0.0 \
+    --save_frequency 5 --save_interval_updates 100 --resume
 
 MODEL="$RESULTS_DIR/finetune/wav2vec2_update$FT_UPDATES.pt"
 for split in test-clean test-other; do

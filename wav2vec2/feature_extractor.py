@@ -38,11 +38,15 @@ def masked_group_norm(
     valid = (torch.arange(t, device=x.device)[None, :] < lengths[:, None]).to(xf.dtype)[:, None, :]  # B x 1 x T
     count = valid.sum(-1, keepdim=True).clamp_min(1.0)
     mean = (xf * valid).sum(-1, keepdim=True) / count
-    var = (((xf - mean) * valid) ** 2).sum(-1, keepdim=True) / count  # biased, as GroupNorm
-    y = (xf - mean) * torch.rsqrt(var + norm.eps)
+    var = ((xf - mean).square_() * valid).sum(-1, keepdim=True) / count  # biased, as GroupNorm
+    # fold normalisation and affine into one multiply-add over the big tensor: y = x * scale + shift
+    scale = torch.rsqrt(var + norm.eps)
     if norm.affine:
-        y = y * norm.weight.to(y.dtype)[None, :, None] + norm.bias.to(y.dtype)[None, :, None]
-    return y.to(dtype)
+        scale = scale * norm.weight.to(scale.dtype)[None, :, None]
+        shift = norm.bias.to(scale.dtype)[None, :, None] - mean * scale
+    else:
+        shift = -mean * scale
+    return torch.addcmul(shift, xf, scale).to(dtype)
 
 
 class ConvBlock(nn.Sequential):
