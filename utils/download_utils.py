@@ -114,15 +114,19 @@ def _copy_local(src: str, tmp: str, offset: int, name: str, progress: bool, chun
         fin.seek(offset)
         fout.seek(offset)
         fout.truncate()
-        done = offset
-        while True:
-            chunk = fin.read(chunk_size)
-            if not chunk:
-                break
-            fout.write(chunk)
-            done += len(chunk)
-            prog.update(done)
+        done = _stream(fin, fout, offset, prog, chunk_size)
     prog.update(done, final=True)
+
+
+def _stream(fin, fout, done: int, prog: "_Progress", chunk_size: int) -> int:
+    """Copy ``fin`` to ``fout`` in chunks, reporting progress; returns the byte count reached."""
+    while True:
+        chunk = fin.read(chunk_size)
+        if not chunk:
+            return done
+        fout.write(chunk)
+        done += len(chunk)
+        prog.update(done)
 
 
 def _download_http(url: str, tmp: str, offset: int, name: str, progress: bool, chunk_size: int,
@@ -153,15 +157,8 @@ def _download_http(url: str, tmp: str, offset: int, name: str, progress: bool, c
             mode = "wb"
             total = int(length) if length is not None else None
         prog = _Progress(name, total, offset, progress)
-        done = offset
         with open(tmp, mode) as fout:
-            while True:
-                chunk = response.read(chunk_size)
-                if not chunk:
-                    break
-                fout.write(chunk)
-                done += len(chunk)
-                prog.update(done)
+            done = _stream(response, fout, offset, prog, chunk_size)
         prog.update(done, final=True)
     if total is not None and done != total:
         raise DataToolError(f"download of {url} ended early ({done} of {total} bytes); "
