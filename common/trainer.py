@@ -18,6 +18,7 @@ checkpoint, so a run resumed from any saved update repeats the uninterrupted run
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -163,6 +164,8 @@ class Trainer:
         self.tensorboard = tensorboard
         self.checkpoint_extra = checkpoint_extra or (lambda: {})
         self.health = health
+        # validation keeps its own streaks: train-scope logs (without WER keys) must not reset them
+        self.val_health = copy.deepcopy(health) if health is not None else None
         self.print = print_fn if env.is_main else (lambda *_: None)
         self.state = TrainState()
         self.ema = ExponentialMovingAverage(model, cfg.ema) if cfg.ema > 0 else None
@@ -187,6 +190,7 @@ class Trainer:
             "data": self.train_loader.state_dict(),
             "metrics": self.metrics.state_dict(),
             "health": self.health.state_dict() if self.health is not None else {},
+            "val_health": self.val_health.state_dict() if self.val_health is not None else {},
             "ema_model": self.ema.state_dict() if self.ema is not None else None,
             "rng": {"torch": torch.get_rng_state()},
         }
@@ -216,6 +220,8 @@ class Trainer:
             self.metrics.load_state_dict(ckpt["metrics"])
         if self.health is not None and ckpt.get("health"):
             self.health.load_state_dict(ckpt["health"])
+        if self.val_health is not None and ckpt.get("val_health"):
+            self.val_health.load_state_dict(ckpt["val_health"])
         if self.ema is not None and ckpt.get("ema_model"):
             self.ema.load_state_dict(ckpt["ema_model"])
         if ckpt.get("rng", {}).get("torch") is not None:
@@ -305,10 +311,11 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.log_scalars(scope, self.state.step, results)
 
-    def _check_health(self, results: Mapping[str, float]) -> None:
-        if self.health is None:
+    def _check_health(self, results: Mapping[str, float], monitor: Optional[HealthMonitor] = None) -> None:
+        monitor = monitor or self.health
+        if monitor is None:
             return
-        for issue in self.health.check(results, self.state.step):
+        for issue in monitor.check(results, self.state.step):
             self.print(f"HEALTH {issue.kind} at update {issue.update}: {issue.reason} (action: {issue.action})")
             if issue.action == "stop":
                 raise RuntimeError(f"stopping: {issue.reason} (update {issue.update})")
@@ -425,7 +432,7 @@ class Trainer:
         res = vm.finish_scope("val", sync=True)
         self._log("val", (self.state.epoch,), res, vm)
         self._last_val = vm.dllogger_data("val", res)
-        self._check_health(res)
+        self._check_health(res, self.val_health)
         model.train()
         if backup is not None:
             model.load_state_dict(backup)

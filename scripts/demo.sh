@@ -9,7 +9,7 @@
 # Environment (defaults in brackets):
 #   RESULTS_DIR     [results/demo]   all outputs: checkpoints, dllogger logs, TensorBoard events, PNG curves
 #   DATA_DIR        [data/synthetic] corpus root (LibriSpeech layout under $DATA_DIR/LibriSpeech)
-#   TRAIN_MINUTES   [60]   unlabelled pretraining audio       FT_SUBSET [train-30min]  labelled fine-tuning list
+#   TRAIN_MINUTES   [60]   unlabelled pretraining audio       FT_SUBSET [train]  labelled fine-tuning list (1 h)
 #   PT_UPDATES      [1500] pretraining updates                FT_UPDATES [800]        fine-tuning updates
 #   PT_LR           [0.002]                                   FT_LR      [0.002]
 #   MAX_TOKENS      [300000] samples per batch                 THREADS    [all cores]
@@ -27,7 +27,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 RESULTS_DIR=${RESULTS_DIR:-results/demo}
 DATA_DIR=${DATA_DIR:-data/synthetic}
 TRAIN_MINUTES=${TRAIN_MINUTES:-60}
-FT_SUBSET=${FT_SUBSET:-train-30min}
+FT_SUBSET=${FT_SUBSET:-train}
 PT_UPDATES=${PT_UPDATES:-1500}
 FT_UPDATES=${FT_UPDATES:-800}
 PT_LR=${PT_LR:-0.002}

@@ -294,3 +294,20 @@ def test_pretraining_and_finetuning_learn(tiny_corpus, tmp_path):
     ctc, wer = _series(ft, "train_loss"), _series(ft, "val_wer")
     assert sum(ctc[-3:]) / 3 < 0.5 * sum(ctc[:3]) / 3
     assert wer[-1] < wer[0] and wer[-1] < 100.0
+
+
+def test_blank_only_validation_is_reported_despite_train_logs(tmp_path):
+    """Validation health streaks are kept apart from the train-scope checks (which carry no WER keys)."""
+    from common.health import HealthConfig, HealthMonitor
+
+    task = _ToyTask()
+    trainer, _, _ = _toy_trainer(tmp_path, task, max_update=2, no_save=True)
+    trainer.health = HealthMonitor("finetune", HealthConfig(patience=2))
+    trainer.val_health = HealthMonitor("finetune", HealthConfig(patience=2))
+    printed = []
+    trainer.print = printed.append
+    val = {"empty_preds": 4.0, "nsentences": 4.0, "loss": 1.0}
+    trainer._check_health(val, trainer.val_health)
+    trainer._check_health({"loss": 1.0, "nsentences": 4.0})  # a train-scope log in between
+    trainer._check_health(val, trainer.val_health)
+    assert any("blank_only" in p for p in printed)
