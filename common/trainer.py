@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import signal
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 
 import torch
@@ -35,7 +33,7 @@ from common.health import HealthMonitor
 from common.lr_schedules import LRScheduler
 from common.metrics import MetricsAggregator
 from common.optim import clip_grad_norm, scale_gradients
-from common.precision import MinimumLossScaleError, PrecisionPolicy
+from common.precision import PrecisionPolicy
 from common.progress import Progress
 
 __all__ = ["TrainerConfig", "TrainingTask", "Trainer", "ExponentialMovingAverage", "micro_batch_seed"]

@@ -32,7 +32,7 @@ from torch import nn
 from common.checkpointing import atomic_torch_save
 from common.safetensors_io import load_safetensors, save_safetensors
 
-from .config import Wav2Vec2Config, parse_hourglass
+from .config import Wav2Vec2Config
 from .model import Wav2Vec2ForCTC, Wav2Vec2Model
 
 __all__ = [
