@@ -353,7 +353,7 @@ def test_pretraining_loss_composition_by_hand():
     ce = torch.nn.functional.cross_entropy(out.logits.float(), torch.zeros(s, dtype=torch.long), reduction="sum")
     gv = cfg.latent_vars * cfg.latent_groups
     div = 0.1 * s * (gv - float(out.prob_perplexity[0].detach())) / gv
-    pen = 10.0 * s * float(out.features_pen)
+    pen = 10.0 * s * float(out.features_pen.detach())
     assert s == int(out.mask_indices.sum())
     assert abs(float(loss) - (float(ce) + div + pen)) < 1e-3 * float(loss)
     assert abs(log["loss_1"] - div) < 1e-3 and abs(log["loss_2"] - pen) < 1e-2
