@@ -350,7 +350,9 @@ def test_pretraining_loss_composition_by_hand():
     m = Wav2Vec2Model(cfg).train()
     out = m(torch.randn(2, 8000), generator=torch.Generator().manual_seed(0))
     loss, s, log = ContrastiveCriterion((0.1, 10.0))(out)
-    ce = torch.nn.functional.cross_entropy(out.logits.float(), torch.zeros(s, dtype=torch.long), reduction="sum")
+    loss = loss.detach()
+    ce = torch.nn.functional.cross_entropy(out.logits.detach().float(), torch.zeros(s, dtype=torch.long),
+                                           reduction="sum")
     gv = cfg.latent_vars * cfg.latent_groups
     div = 0.1 * s * (gv - float(out.prob_perplexity[0].detach())) / gv
     pen = 10.0 * s * float(out.features_pen.detach())
