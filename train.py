@@ -22,7 +22,7 @@ from common.args import add_common_args
 from common.checkpointing import Checkpointer
 from common.data import Dictionary, LoaderConfig, build_loader, open_split
 from common.data.errors import DataError
-from common.distributed import init_distributed, shutdown
+from common.distributed import all_reduce_sum, init_distributed, shutdown
 from common.health import HealthConfig, HealthMonitor
 from common.logging import TensorBoardLogger, build_logger, training_metadata
 from common.lr_schedules import LRScheduleConfig, LRScheduler
@@ -37,7 +37,7 @@ from wav2vec2.args import (
     config_from_args,
     preset_defaults,
 )
-from wav2vec2.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from wav2vec2.checkpoint import CheckpointError, load_checkpoint, model_checkpoint, read_checkpoint
 from wav2vec2.criterion import ContrastiveCriterion, CtcCriterion
 from wav2vec2.model import Wav2Vec2ForCTC, Wav2Vec2Model
 from wav2vec2.tasks import FinetuneTask, PretrainTask
@@ -84,16 +84,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(args, env, print_fn):
-    """Returns (model, config, dictionary or None)."""
+def build_model(args, print_fn, resumed: dict | None = None):
+    """Returns (model, config, dictionary or None). ``resumed``: the checkpoint being resumed, if any."""
     if args.mode == "pretrain":
         cfg = config_from_args(args)
         return Wav2Vec2Model(cfg), cfg, None
-    labels_text = None
-    if args.resume:
-        latest = Checkpointer(args.output_dir).load_latest(read_checkpoint)
-        if latest is not None:
-            labels_text = latest[1].get("output_labels")
+    labels_text = resumed.get("output_labels") if resumed is not None else None
     if labels_text is not None:
         dictionary = Dictionary.from_text(labels_text, source="checkpoint output_labels")
     else:
@@ -153,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     precision.apply_tf32()
 
+    # the checkpoint to resume from is read once: it also supplies the fine-tuning dictionary
+    resumed = Checkpointer(args.output_dir, log=print_fn).load_latest(read_checkpoint) if args.resume else None
     try:
-        model, cfg, dictionary = build_model(args, env, print_fn)
+        model, cfg, dictionary = build_model(args, print_fn, resumed[1] if resumed is not None else None)
         train_loader, valid_loader = build_loaders(args, cfg, dictionary, env)
     except (CheckpointError, DataError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -190,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     scaler = precision.make_loss_scaler(env.world_size, args.update_freq, init_scale=args.fp16_init_scale,
                                         min_loss_scale=args.min_loss_scale)
 
-    from common.distributed import all_reduce_sum
-
     def reduce_fn(values):
         return all_reduce_sum(values, env.device)
 
@@ -202,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     tensorboard = TensorBoardLogger(args.output_dir, rank=env.rank)
     health = HealthMonitor(args.mode, HealthConfig(
         latent_groups=cfg.latent_groups, on_collapse=args.on_collapse, on_blank_only=args.on_collapse))
-
-    from wav2vec2.checkpoint import model_checkpoint
 
     labels_text = dictionary.to_text() if dictionary is not None else None
 
@@ -228,9 +222,6 @@ def main(argv: list[str] | None = None) -> int:
         logger=logger, env=env, tensorboard=tensorboard, checkpoint_extra=checkpoint_extra, health=health,
         print_fn=print_fn,
     )
-    resumed = None
-    if args.resume:
-        resumed = trainer.checkpointer.load_latest(read_checkpoint)
     if resumed is not None:
         print_fn(f"Resuming from {resumed[0]}")
         trainer.load_state_dict(resumed[1], source=resumed[0])

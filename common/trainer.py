@@ -268,8 +268,7 @@ class Trainer:
             self.metrics.log(log)
 
         # reduce over ranks
-        reduced = all_reduce_sum([sample_size, loss_sum, 0.0 if finite else 1.0], env.device) if env.distributed else [sample_size, loss_sum, 0.0 if finite else 1.0]
-        sample_size, loss_sum, nonfinite = reduced
+        sample_size, loss_sum, nonfinite = all_reduce_sum([sample_size, loss_sum, 0.0 if finite else 1.0], env.device)
         self.metrics.all_reduce(env.world_size)
         all_reduce_gradients(self.params, env.world_size)
 

@@ -54,17 +54,17 @@ class FinetuneTask:
     symbols: Sequence[str]
     mode: str = "finetune"
 
-    def train_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
+    def _forward(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
         logits, out_lengths = model(batch["source"], batch.get("lengths"), generator=generator)
         target = batch["target"].to(logits.device)
         target_lengths = batch["target_lengths"].to(logits.device)
-        return self.criterion(logits, out_lengths, target, target_lengths)
+        return logits, out_lengths, self.criterion(logits, out_lengths, target, target_lengths)
+
+    def train_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
+        return self._forward(model, batch, generator)[2]
 
     def valid_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
-        logits, out_lengths = model(batch["source"], batch.get("lengths"), generator=generator)
-        target = batch["target"].to(logits.device)
-        target_lengths = batch["target_lengths"].to(logits.device)
-        loss, size, log = self.criterion(logits, out_lengths, target, target_lengths)
+        logits, out_lengths, (loss, size, log) = self._forward(model, batch, generator)
         stats = WerStats()
         pred = logits.argmax(-1).cpu()
         frames = out_lengths.cpu().tolist() if out_lengths is not None else [logits.shape[1]] * logits.shape[0]
