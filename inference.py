@@ -6,20 +6,24 @@
     torchrun --nproc_per_node 8 inference.py ...           # each rank evaluates a shard; rank 0 reports
 
 Flags: the reference's (common + fine-tuning + inference groups) plus ``--max_duration``, ``--torch_compile``,
-``--use_ema`` (``--device`` / ``--cpu`` are common flags). See docs/INFERENCE.md.
+``--use_ema`` (``--device`` / ``--cpu`` are common flags) and the beam-search decoder's (``--lexicon``, ``--lm_path``,
+``--beam``, ...: lexicon-constrained CTC beam search with a word n-gram LM instead of greedy decoding). See
+docs/INFERENCE.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+import time
 from typing import List, Optional, Sequence
 
 import torch
 
-from common.args import add_common_args, add_inference_args, non_negative_float
+from common.args import add_common_args, add_inference_args, non_negative_float, positive_int
 from wav2vec2.args import add_dropout_and_masking_args, add_finetuning_args
 
 LOG = logging.getLogger("inference")
@@ -44,6 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--use_ema", action="store_true", help="evaluate the checkpoint's EMA weights")
     g.add_argument("--transcribe_wav", default=None, help=argparse.SUPPRESS)
     g.add_argument("--transcribe_filelist", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--lexicon", default=None,
+                   help="beam-search decoding constrained to this lexicon (WORD<TAB>W O R D | lines) instead of "
+                        "greedy decoding; build one with python -m common.ngram_lm")
+    g.add_argument("--lm_path", default=None,
+                   help="word n-gram LM for the beam search (ARPA, .arpa or .arpa.gz; the flashlight backend also "
+                        "reads KenLM binary files); needs --lexicon; without it the search uses the lexicon only")
+    g.add_argument("--beam", type=positive_int, default=50, help="beam search: hypotheses kept per frame")
+    g.add_argument("--beam_threshold", type=float, default=25.0,
+                   help="beam search: drop hypotheses scoring this much below the best (natural log)")
+    g.add_argument("--token_beam", type=positive_int, default=None,
+                   help="beam search: expand at most this many symbols per frame (None: all)")
+    g.add_argument("--token_threshold", type=float, default=10.0,
+                   help="beam search (python backend): skip symbols whose log-probability is this much below the "
+                        "frame's best")
+    g.add_argument("--lm_weight", type=float, default=0.87,
+                   help="beam search: weight of the natural-log LM probability (fairseq/flashlight's log10 weight "
+                        "divided by ln 10: their 2.0 is 0.87)")
+    g.add_argument("--word_score", type=float, default=0.0, help="beam search: score added per word")
+    g.add_argument("--decoder_backend", default="python", choices=["python", "flashlight"],
+                   help="beam search implementation: ours, or flashlight-text's LexiconDecoder + KenLM "
+                        "(pip install flashlight-text)")
     return parser
 
 
@@ -134,6 +159,89 @@ def prepare_model(model: torch.nn.Module, device: torch.device, torchscript: boo
     return model
 
 
+def _build_decoder(args: argparse.Namespace, dictionary, verbose: bool = True):
+    """The beam-search decoder of --lexicon/--lm_path (None: greedy decoding); every input error is an
+    InferenceError naming the file."""
+    if args.lm_path and not args.lexicon:
+        raise InferenceError("--lm_path needs --lexicon (the words the beam search may emit); build both with "
+                             "python -m common.ngram_lm --text <data>/train.wrd --dict <data>/dict.ltr.txt "
+                             "--out_dir DIR")
+    if not args.lexicon:
+        return None
+    from common.ctc_decoder import (BeamSearchConfig, CTCBeamSearchDecoder, Lexicon, LexiconError,
+                                    flashlight_available)
+    from common.ngram_lm import ARPAError, NGramLM
+
+    if not os.path.isfile(args.lexicon):
+        raise InferenceError(f"lexicon not found: {args.lexicon} (--lexicon)")
+    if args.lm_path and not os.path.isfile(args.lm_path):
+        raise InferenceError(f"language model not found: {args.lm_path} (--lm_path)")
+    if args.decoder_backend == "flashlight" and not flashlight_available():
+        raise InferenceError("--decoder_backend flashlight needs the package flashlight-text "
+                             "(pip install flashlight-text)")
+    try:
+        config = BeamSearchConfig(beam=args.beam, beam_threshold=args.beam_threshold, token_beam=args.token_beam,
+                                  token_threshold=args.token_threshold, lm_weight=args.lm_weight,
+                                  word_score=args.word_score, backend=args.decoder_backend)
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
+    if "|" not in dictionary.indices:
+        raise InferenceError(f"--lexicon needs a dictionary with the word separator '|' ({dictionary.source})")
+    t0 = time.perf_counter()
+    try:
+        lexicon = Lexicon.load(args.lexicon, dictionary.symbols)
+        lm = None
+        if args.lm_path and config.backend == "python":  # flashlight's KenLM reads the file itself
+            lm = NGramLM.load_arpa(args.lm_path, progress=verbose)
+        decoder = CTCBeamSearchDecoder(lexicon, dictionary.symbols, lm, config, blank=dictionary.blank,
+                                       lm_path=args.lm_path)
+    except LexiconError as exc:
+        raise InferenceError(f"{exc} (dictionary {dictionary.source})") from None
+    except ARPAError as exc:
+        raise InferenceError(str(exc)) from None
+    except RuntimeError as exc:  # KenLM (flashlight backend) could not read the LM
+        raise InferenceError(f"{args.lm_path}: KenLM cannot read it: {exc}") from None
+    oov = decoder.oov_words()
+    if not verbose:
+        return decoder
+    if oov:
+        LOG.warning("%d lexicon words are not in the LM %s (scored as <unk>), e.g. %s", len(oov), args.lm_path,
+                    ", ".join(oov[:5]))
+    print(f"Beam search ({config.backend}): lexicon {args.lexicon} ({len(lexicon)} words)"
+          + (f", LM {args.lm_path}" + (f" (order {lm.order}, {len(lm)} n-grams)" if lm is not None else "")
+             if args.lm_path else ", no LM")
+          + f", beam {config.beam}, lm_weight {config.lm_weight}, word_score {config.word_score}; "
+          f"loaded in {time.perf_counter() - t0:.1f} s")
+    return decoder
+
+
+def beam_decode(result, decoder, progress=None, sample_rate: int = 16000, keep_log_probs: bool = False):
+    """Replace the greedy hypotheses of ``result`` (an ``EvalResult`` whose utterances kept their log-probs) by
+    the beam search's, in place; returns ``(greedy_copy, decode_seconds, audio_seconds)``. ``pred_ids`` become
+    the spelling of the decoded words (each followed by ``|``), so the UER is the beam search's too. Runs outside
+    the timed model region."""
+    from common.evaluation import EvalResult
+
+    greedy = EvalResult(timings=result.timings, timed_utterances=result.timed_utterances,
+                        timed_audio_s=result.timed_audio_s, iterations=result.iterations, wer_mode=result.wer_mode,
+                        utterances=[dataclasses.replace(u, log_probs=None) for u in result.utterances])
+    t0 = time.perf_counter()
+    audio_s = 0.0
+    for u in result.utterances:
+        hyp = decoder.decode(u.log_probs)
+        u.hypothesis = " ".join(hyp.words)
+        u.pred_ids = list(hyp.tokens)
+        audio_s += u.num_samples / sample_rate
+        if not keep_log_probs:
+            u.log_probs = None
+        if progress is not None:
+            progress.update(1)
+    elapsed = time.perf_counter() - t0
+    if progress is not None:
+        progress.close()
+    return greedy, elapsed, audio_s
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -199,9 +307,15 @@ def run(args: argparse.Namespace) -> int:
     loader = build_eval_loader(dataset, shard, num_workers=args.num_workers)
     if args.steps > 0 and (args.save_predictions or args.save_logits) and env.is_main:
         print("Performance mode (--steps > 0): no WER, --save_predictions/--save_logits are not written.")
+    decoder = _build_decoder(args, dictionary, verbose=env.is_main) if args.steps == 0 else None
+    if args.steps > 0 and args.lexicon and env.is_main:
+        print("Performance mode (--steps > 0): no beam search (the model alone is timed).")
 
+    metadata = inference_metadata()
+    metadata["eval_wer_greedy"] = {"name": "WER (greedy)", "format": ":>3.2f", "unit": "%"}
+    metadata["decoder_rtf"] = {"name": "decoder RTF", "format": ":>7.4f", "unit": ""}
     logger = build_logger(args.output_dir, args.log_file, rank=env.rank, default_name="nvlog_infer.json",
-                          metadata=inference_metadata())
+                          metadata=metadata)
     logger.log_parameters(vars(args))
     if env.world_size > 1 and env.is_main:
         print(f"Inference with {env.world_size} processes ({device.type})")
@@ -212,18 +326,34 @@ def run(args: argparse.Namespace) -> int:
     model = prepare_model(model, device, torchscript=args.torchscript, torch_compile=args.torch_compile)
     settings = EvalSettings(
         symbols=dictionary.symbols, word_separator=separator, blank=dictionary.blank, steps=args.steps,
-        warmup_steps=args.warmup_steps, keep_log_probs=bool(args.save_logits) and args.steps == 0,
+        warmup_steps=args.warmup_steps, keep_log_probs=(bool(args.save_logits) or decoder is not None)
+        and args.steps == 0,
         autocast=policy.autocast, sample_rate=args.sample_rate, unpadded_fast_path=not args.torchscript,
         progress=Progress(total=None, desc="inference", unit="batch", enabled=env.is_main),
     )
     settings.progress.total = settings.num_iterations(len(shard))
     result = run_ctc_evaluation(model, loader, settings, device=device, batches_per_pass=len(shard))
-    result = gather_results(result, keep_log_probs=settings.keep_log_probs)
+    greedy = None
+    if decoder is not None:  # every rank decodes its own utterances, after (and outside) the timed model loop
+        greedy, decode_s, decoded_audio_s = beam_decode(
+            result, decoder, sample_rate=args.sample_rate,
+            keep_log_probs=bool(args.save_logits),
+            progress=Progress(total=len(result.utterances), desc="decoding", unit="utt", enabled=env.is_main))
+        greedy = gather_results(greedy)
+    result = gather_results(result, keep_log_probs=bool(args.save_logits) and args.steps == 0)
 
     if env.is_main:
         summary = result.summary()
         if not any(k.endswith("_latency_0_5") for k in summary):
             print("Not enough samples to measure latencies.")
+        if greedy is not None:
+            greedy_summary = greedy.summary(batch_latency=False)
+            for key in ("eval_wer", "eval_uer"):
+                if key in greedy_summary:
+                    summary[f"{key}_greedy"] = greedy_summary[key]
+            summary["decode_time_s"] = decode_s
+            if decoded_audio_s > 0:
+                summary["decoder_rtf"] = decode_s / decoded_audio_s
         logger.log((), summary)
         logger.flush()
         names = dataset.manifest.files
@@ -238,9 +368,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"WER: {summary['eval_wer']:.2f}% ({counts['w_errs']} errors / {counts['w_len']} words)")
             print(f"UER: {summary['eval_uer']:.2f}% ({counts['c_errs']} errors / {counts['c_len']} units; "
                   "letter dictionaries: CER counting word boundaries)")
+            if "eval_wer_greedy" in summary:
+                g = greedy.error_counts()
+                print(f"WER (greedy decoding): {summary['eval_wer_greedy']:.2f}% ({g['w_errs']} errors / "
+                      f"{g['w_len']} words)")
             if counts["utterances"] and counts["empty_predictions"] == counts["utterances"]:
                 print("WARNING: every prediction is empty (blank-only CTC output): the model is not fine-tuned "
                       "enough, or the dictionary / blank index does not match the model (PITFALLS #11)")
+        if "decoder_rtf" in summary:
+            print(f"Beam search ({args.decoder_backend}): {summary['decode_time_s']:.2f} s for {decoded_audio_s:.1f} s "
+                  f"of audio, {1000.0 * summary['decoder_rtf']:.1f} ms per second of audio"
+                  + (" (rank 0's share)" if env.world_size > 1 else ""))
         if "dnn_throughput_utts_per_s" in summary:
             print(f"Throughput (model): {summary['dnn_throughput_utts_per_s']:.2f} utterances/s, "
                   f"{summary['dnn_throughput_audio_s_per_s']:.2f} s of audio/s, RTF {summary['dnn_rtf']:.4f}")

@@ -13,6 +13,10 @@ per-utterance statistics, what makes batched results equal to one-by-one results
 mask (what HF does for GroupNorm "base" models, whose batched output therefore depends on padding).
 
     python benchmarks/inference_latency.py --presets base tiny --batch_sizes 1 8 --repeats 10 --threads 2
+    python benchmarks/inference_latency.py --presets base --batch_sizes 1 --bf16    # + ours and HF under BF16 autocast
+
+With ``--bf16`` two more entries run in the same alternation: ``ours_bf16`` and ``hf_bf16`` (each model under
+``torch.autocast(dtype=bfloat16)``), so BF16 speed-ups are reported against both HF's FP32 default and HF in BF16.
 """
 
 from __future__ import annotations
@@ -57,6 +61,13 @@ def build_models(name: str, hourglass: bool, attn: str, seed: int = 0) -> Dict[s
 
 
 def forward_fn(tag: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    if tag.endswith("_bf16"):
+        inner = forward_fn(tag[: -len("_bf16")], model, x)
+
+        def bf16() -> torch.Tensor:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return inner()
+        return bf16
     lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
     if tag == "hf":
         return lambda: model(x).logits
@@ -98,6 +109,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--hf_attention", default="sdpa", choices=["sdpa", "eager"], help="HF attn_implementation")
     p.add_argument("--no_hourglass", action="store_true", help="skip our default-Hourglass model")
+    p.add_argument("--bf16", action="store_true", help="also time ours and HF under BF16 autocast")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
 
@@ -112,6 +124,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = []
     for name in args.presets:
         models = {k: m.to(device) for k, m in build_models(name, not args.no_hourglass, args.hf_attention).items()}
+        if args.bf16:
+            models["ours_bf16"], models["hf_bf16"] = models["ours"], models["hf"]
         gen = torch.Generator().manual_seed(1)
         diff = check_same_outputs(models, (0.1 * torch.randn(1, 16000, generator=gen)).to(device))
         print(f"[{name}] ours vs HF max |logit diff| on 1 s of noise: {diff:.2e}")
@@ -133,7 +147,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             extra = f", ours masked-extractor path {1000 * med['ours_masked']:.1f} ms (x{row['masked_over_hf']:.2f})"
             extra += (f", ours+Hourglass {1000 * med['ours_hourglass']:.1f} ms "
                       f"(x{row['hourglass_over_hf']:.2f})") if "ours_hourglass" in med else ""
-            print(f"[{name}] batch {bsz}: ours {1000 * med['ours']:.1f} ms, HF {1000 * med['hf']:.1f} ms, "
+            if args.bf16:
+                row["ours_bf16_over_hf"] = med["ours_bf16"] / med["hf"]
+                row["ours_bf16_over_hf_bf16"] = med["ours_bf16"] / med["hf_bf16"]
+                extra += (f", BF16: ours {1000 * med['ours_bf16']:.1f} ms, HF {1000 * med['hf_bf16']:.1f} ms "
+                          f"(ours BF16 speed = {med['hf'] / med['ours_bf16']:.2f}x HF FP32, "
+                          f"{med['hf_bf16'] / med['ours_bf16']:.2f}x HF BF16)")
+            print(f"[{name}] batch {bsz}: speed ours/HF {med['hf'] / med['ours']:.2f}x; ours {1000 * med['ours']:.1f} ms, HF {1000 * med['hf']:.1f} ms, "
                   f"ours/HF {row['ours_over_hf']:.3f}{extra}  (medians of {args.repeats}; "
                   f"RTF ours {med['ours'] / (bsz * args.samples / 16000):.4f})")
     if args.json:

@@ -14,8 +14,9 @@ Reference facts this module follows:
   Deviation (Q3): the reference clips only in fp16/bf16 runs; :func:`clip_grad_norm` is meant to be called in every
   precision mode, and the FP32 path always normalises gradients by S/W (the modern apex kernel ignored it).
 
-Implementation choice: torch ``AdamW`` with ``fused=True`` when every parameter is on CUDA, ``foreach=True``
-otherwise; NVIDIA apex ``FusedAdam`` (AdamW mode) only on request or when ``implementation="auto"`` prefers it on
+Implementation choice: torch ``AdamW`` with ``fused=True`` when every parameter is on one device type that has a
+fused kernel (CUDA, CPU; on the 2-core CPU it steps the Base model in ~80 ms instead of ~285 ms with
+``foreach=True``; the two agree to ~1e-8), ``foreach=True`` otherwise; NVIDIA apex ``FusedAdam`` (AdamW mode) only on request or when ``implementation="auto"`` prefers it on
 CUDA and apex is genuinely NVIDIA's (``apex.optimizers.FusedAdam`` exists).
 """
 
@@ -57,7 +58,7 @@ class OptimizerConfig:
         weight_decay: ``--weight_decay``, default 0.01 (fine-tuning scripts: 0.0), decoupled, on every parameter.
         clip_norm: ``--clip_norm``, default 0.0 (off); pre-training scripts 25.
         implementation: "auto" | "torch" | "apex".  "auto": apex FusedAdam if genuine NVIDIA apex is importable and
-            the parameters are on CUDA, else torch AdamW (fused on CUDA, foreach elsewhere).
+            the parameters are on CUDA, else torch AdamW (fused on CUDA and CPU, foreach elsewhere).
     """
 
     lr: float = 5e-4
@@ -103,6 +104,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
     """
     plist = _trainable(params)
     on_cuda = all(p.is_cuda for p in plist)
+    fused_device = on_cuda or all(p.device.type == "cpu" for p in plist)
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     apex_cls = nvidia_apex_fused_adam() if cfg.implementation in ("auto", "apex") else None
     if cfg.implementation == "apex" and (apex_cls is None or not on_cuda):
@@ -110,7 +112,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
     if apex_cls is not None and on_cuda:
         opt = apex_cls(plist, adam_w_mode=True, **kwargs)
         name = "apex.FusedAdam"
-    elif on_cuda and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in plist):
+    elif fused_device and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in plist):
         opt = torch.optim.AdamW(plist, fused=True, **kwargs)
         name = "torch.AdamW(fused)"
     else:

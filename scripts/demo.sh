@@ -16,6 +16,9 @@
 #   HOURGLASS       []     e.g. "[1,(2,2),1]": pretrain the tiny model with a Hourglass encoder
 #   SKIP_PRETRAIN   [0]    1: fine-tune from random initialisation (for the study in docs/RESULTS.md)
 #   INIT_CHECKPOINT []     fine-tune from this pretrained checkpoint instead of pretraining here
+#   DECODER         [lm]   lm: CTC beam search with a lexicon and a 4-gram word LM estimated from the transcripts of the
+#                          (unlabelled) pretraining audio, $DATA/train.wrd; greedy: argmax decoding (the reference's).
+#                          Both WERs are logged and printed either way when DECODER=lm.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,6 +39,7 @@ HOURGLASS=${HOURGLASS:-}
 INIT_CHECKPOINT=${INIT_CHECKPOINT:-}
 MAX_TOKENS=${MAX_TOKENS:-300000}
 SKIP_PRETRAIN=${SKIP_PRETRAIN:-0}
+DECODER=${DECODER:-lm}
 THREADS=${THREADS:-$(nproc)}
 export OMP_NUM_THREADS=$THREADS
 
@@ -43,6 +47,7 @@ for v in TRAIN_MINUTES PT_UPDATES FT_UPDATES MAX_TOKENS THREADS; do
     if ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]]; then echo "ERROR: $v must be a positive integer, got '${!v}'" >&2; exit 2; fi
 done
 case "$SKIP_PRETRAIN" in 0|1) ;; *) echo "ERROR: SKIP_PRETRAIN must be 0 or 1, got '$SKIP_PRETRAIN'" >&2; exit 2;; esac
+case "$DECODER" in lm|greedy) ;; *) echo "ERROR: DECODER must be lm or greedy, got '$DECODER'" >&2; exit 2;; esac
 
 mkdir -p "$RESULTS_DIR"
 START=$(date +%s)
@@ -99,11 +104,18 @@ run_stage finetune "$PYTHON" train.py finetune "${COMMON[@]}" --w2v_path "$INIT"
     --feature_grad_mult 1.0 --dropout 0.0 --dropout_input 0.0 --activation_dropout 0.1 --encoder_layerdrop 0.0 \
     --save_frequency 5 --save_interval_updates 100 --resume
 
+DECODE=()
+if [ "$DECODER" = lm ]; then
+    run_stage lm "$PYTHON" -m common.ngram_lm --text "$DATA/train.wrd" --dict "$DATA/dict.ltr.txt" --order 4 \
+        --out_dir "$RESULTS_DIR/lm"
+    DECODE=(--lexicon "$RESULTS_DIR/lm/lexicon.txt" --lm_path "$RESULTS_DIR/lm/lm.arpa")
+fi
+
 MODEL="$RESULTS_DIR/finetune/wav2vec2_update$FT_UPDATES.pt"
 for split in test-clean test-other; do
     run_stage "infer_$split" "$PYTHON" inference.py --w2v_path "$MODEL" --data "$DATA" --valid_subset "$split" \
         --labels ltr --cpu --batch_size 8 --num_workers 1 --output_dir "$RESULTS_DIR/infer_$split" \
-        --save_predictions "$RESULTS_DIR/infer_$split/predictions.tsv"
+        --save_predictions "$RESULTS_DIR/infer_$split/predictions.tsv" "${DECODE[@]}"
 done
 
 echo "== curves"

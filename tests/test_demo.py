@@ -26,6 +26,13 @@ def test_short_demo_end_to_end(tmp_path):
     assert m, out[-2000:]
     summary = json.load(open(tmp_path / "results" / "summary.json"))
     assert abs(summary["test-clean_wer"] - float(m.group(1))) < 0.01
+    # the printed WER is the one inference.py logged (the lexicon + LM beam search's), and greedy is logged beside it
+    logged = {}
+    for line in open(tmp_path / "results" / "infer_test-clean" / "nvlog_infer.json"):
+        if line.startswith("DLLL "):
+            logged.update(json.loads(line[5:]).get("data", {}))
+    assert abs(logged["eval_wer"] - float(m.group(1))) < 0.01 and "eval_wer_greedy" in logged
+    assert "greedy decoding" in out and os.path.exists(tmp_path / "results" / "lm" / "lm.arpa")
     assert os.path.exists(tmp_path / "results" / "plots" / "pretrain")
     # a rerun skips every finished stage
     res2 = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -10,7 +10,7 @@ import torch
 from wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Model, parse_conv_layers, parse_hourglass, preset
 from wav2vec2.criterion import ContrastiveCriterion, CtcCriterion, contrastive_accuracy
 from wav2vec2.masking import compute_mask, expected_masked_fraction
-from wav2vec2.negatives import contrastive_logits, sample_negative_indices
+from wav2vec2.negatives import contrastive_logits, contrastive_logits_from_indices, gather_negatives, sample_negative_indices
 from wav2vec2.quantizer import GumbelVectorQuantizer
 
 NO_DROP = dict(
@@ -280,6 +280,36 @@ def test_contrastive_logits_by_hand():
     assert abs(lg[0, 0, 0].item() - (1 / math.sqrt(2)) / 0.1) < 1e-5
     assert abs(lg[1, 0, 0].item()) < 1e-6
     assert lg[2, 0, 0].item() == float("-inf")
+
+
+
+@pytest.mark.parametrize("n_within,n_cross", [(7, 0), (5, 3), (0, 4)])
+def test_contrastive_logits_from_indices_match_gathered_negatives(n_within, n_cross):
+    g = torch.Generator().manual_seed(3)
+    b, m, d = 3, 6, 5
+    x = torch.randn(b, m, d, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(b, m, d, generator=g, dtype=torch.float64)
+    y[1, 2] = y[1, 4]  # two identical targets: a negative equal to the positive must get -inf
+    y[0, 1] = y[2, 3]  # the same across utterances (cross-sample negatives)
+    y.requires_grad_(True)
+    idx = sample_negative_indices(b, m, n_within, cross_sample_negatives=n_cross, generator=g)
+    ref = contrastive_logits(x, y, gather_negatives(y, idx), 0.1)
+    got = contrastive_logits_from_indices(x, y, idx, n_within, 0.1)
+    assert torch.equal(torch.isinf(ref), torch.isinf(got)) and torch.isinf(got).any() == bool(torch.isinf(ref).any())
+    finite = torch.isfinite(ref)
+    torch.testing.assert_close(got[finite], ref[finite], rtol=1e-12, atol=1e-12)
+    w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((ref.masked_fill(~finite, 0) * w).sum(), (x, y))
+    gb = torch.autograd.grad((got.masked_fill(~finite, 0) * w).sum(), (x, y))
+    for a, c in zip(ga, gb):
+        torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-12)
+
+
+def test_contrastive_logits_from_indices_rejects_cross_utterance_index_in_within_columns():
+    x = torch.randn(2, 3, 4)
+    idx = torch.zeros(2, 3, 1, dtype=torch.long)  # utterance 1 pointing at utterance 0's frame
+    with pytest.raises(RuntimeError):
+        contrastive_logits_from_indices(x, x.clone(), idx, 1, 0.1)
 
 
 # --- quantizer ---------------------------------------------------------------------------------------------------------

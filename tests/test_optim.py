@@ -37,7 +37,7 @@ def test_defaults_follow_reference():
     assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 2
     assert opt.param_groups[0]["weight_decay"] == 0.01
     assert isinstance(opt, torch.optim.AdamW)
-    assert opt.implementation_name == "torch.AdamW(foreach)"
+    assert opt.implementation_name == "torch.AdamW(foreach)"  # float64 parameters: no fused kernel
 
 
 def test_frozen_parameters_excluded():
@@ -223,3 +223,15 @@ def test_reference_fp32_per_parameter_state():
     bad = {"state": {0: {"exp_avg": torch.ones(3), "exp_avg_sq": torch.ones(3)}}, "param_groups": [{}]}
     with pytest.raises(ValueError):
         adam_state_from_reference(bad, params, opt)
+
+
+def test_fused_adamw_on_cpu_matches_hand_formula():
+    p = torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0]))
+    opt = build_optimizer([p], OptimizerConfig(lr=1e-2, implementation="torch"))
+    assert opt.implementation_name == "torch.AdamW(fused)"
+    grads = [np.array([0.1, -0.2, 0.3]), np.array([-0.05, 0.4, 0.0])]
+    for g in grads:
+        p.grad = torch.tensor(g, dtype=torch.float32)
+        opt.step()
+    hand = _hand_adamw(np.array([0.5, -1.0, 2.0]), grads, 1e-2, 0.9, 0.98, 1e-6, 0.01)
+    np.testing.assert_allclose(p.detach().numpy(), hand, rtol=1e-5, atol=1e-6)

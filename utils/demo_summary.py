@@ -96,18 +96,29 @@ def summarise(results: str, data: str, started: Optional[float]) -> tuple[str, d
         info[f"{stage}_updates"] = upd
         rate_s = f"{rate:,.0f} {unit}" if rate is not None else "n/a"
         lines.append(f"{stage}: {upd} updates, throughput {rate_s}{extra}")
+    decoders = {}
     for split in ("test-clean", "test-other"):
         recs = read_records(os.path.join(results, f"infer_{split}", "nvlog_infer.json"))
-        wer = last_value(recs, r"(.*_)?wer")
+        wer = last_value(recs, r"(eval_)?wer")
         if wer is not None:
             info[f"{split}_wer"] = wer
+        greedy = last_value(recs, r"eval_wer_greedy")
+        if greedy is not None:  # beam search with a lexicon (+ LM) ran; eval_wer is its WER
+            info[f"{split}_wer_greedy"] = greedy
+            decoders[split] = "lexicon + LM beam search"
     if started:
         info["wall_time_s"] = time.time() - float(started)
         lines.append(f"wall time: {info['wall_time_s'] / 60:.1f} min")
     lines.append(f"results folder: {os.path.abspath(results)} (checkpoints, nvlog.json, TensorBoard, plots/)")
     for split in ("test-clean", "test-other"):
         wer = info.get(f"{split}_wer")
-        lines.append(f"{split} WER: {wer:.2f}%" if wer is not None else f"{split} WER: (not available)")
+        if wer is None:
+            lines.append(f"{split} WER: (not available)")
+        elif split in decoders:
+            lines.append(f"{split} WER: {wer:.2f}%  ({decoders[split]}; greedy decoding: "
+                         f"{info[f'{split}_wer_greedy']:.2f}%)")
+        else:
+            lines.append(f"{split} WER: {wer:.2f}%  (greedy decoding)")
     lines.append("=" * 72)
     return "\n".join(lines), info
 

@@ -9,6 +9,12 @@ Padding awareness: given per-utterance sample lengths, the layer-0 GroupNorm tak
 each utterance's valid frames only, so a zero-padded batch yields on every valid frame what the utterance
 alone would give. (The reference only does this in its inference path; LayerNorm is per frame and needs no
 masking.)
+
+Layout: the blocks compute time-major (B x T x C) with each convolution as matrix products on views of its input
+(:func:`conv1d_time_major`), not ``F.conv1d`` on B x C x T. On the 2-core CPU this runs the Base layer-1 convolution
+forward at ~205 instead of ~175 GFLOP/s and its forward + backward ~1.25x faster than oneDNN's conv1d (which also
+re-lays out its input), and the encoder gets its B x T x C input without a transpose. ``forward`` still returns
+B x C x T (a transposed view); ``forward_time_major`` returns B x T x C.
 """
 
 from __future__ import annotations
@@ -22,31 +28,135 @@ from torch import nn
 from .config import Wav2Vec2Config
 from .layers import Fp32GroupNorm, Fp32LayerNorm, TransposeLast, conv_out_length
 
-__all__ = ["ConvFeatureExtractor", "ConvBlock", "masked_group_norm"]
+__all__ = ["ConvFeatureExtractor", "ConvBlock", "masked_group_norm", "conv1d_time_major"]
 
 
 def masked_group_norm(
-    x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm, fp32: bool = True
+    x: torch.Tensor, lengths: Optional[torch.Tensor], norm: nn.GroupNorm, fp32: bool = True, time_dim: int = -1
 ) -> torch.Tensor:
     """Per-channel normalisation (GroupNorm with groups == channels) with statistics over the first
-    ``lengths[b]`` frames of each utterance. x: B x C x T. All frames are normalised with those statistics."""
+    ``lengths[b]`` frames of each utterance (all frames when ``lengths`` is None). x: B x C x T (``time_dim=-1``)
+    or B x T x C (``time_dim=1``). All frames are normalised with those statistics."""
     if norm.num_groups != norm.num_channels:
         raise ValueError("masked group norm supports num_groups == num_channels only (the wav2vec 2.0 case)")
+    if time_dim not in (1, -1):
+        raise ValueError("time_dim must be 1 (B x T x C) or -1 (B x C x T)")
     dtype = x.dtype
     xf = x.float() if fp32 else x
-    t = xf.shape[-1]
-    valid = (torch.arange(t, device=x.device)[None, :] < lengths[:, None]).to(xf.dtype)[:, None, :]  # B x 1 x T
-    count = valid.sum(-1, keepdim=True).clamp_min(1.0)
-    mean = (xf * valid).sum(-1, keepdim=True) / count
-    var = ((xf - mean).square_() * valid).sum(-1, keepdim=True) / count  # biased, as GroupNorm
+    t = xf.shape[time_dim]
+    chan = (1, -1, 1) if time_dim == -1 else (1, 1, -1)  # broadcast shape of per-channel parameters
+    if lengths is None:
+        var, mean = torch.var_mean(xf, dim=time_dim, keepdim=True, correction=0)
+    else:
+        valid = (torch.arange(t, device=x.device)[None, :] < lengths[:, None]).to(xf.dtype)  # B x T
+        valid = valid[:, None, :] if time_dim == -1 else valid[:, :, None]
+        count = valid.sum(time_dim, keepdim=True).clamp_min(1.0)
+        mean = (xf * valid).sum(time_dim, keepdim=True) / count
+        var = ((xf - mean).square_() * valid).sum(time_dim, keepdim=True) / count  # biased, as GroupNorm
     # fold normalisation and affine into one multiply-add over the big tensor: y = x * scale + shift
     scale = torch.rsqrt(var + norm.eps)
     if norm.affine:
-        scale = scale * norm.weight.to(scale.dtype)[None, :, None]
-        shift = norm.bias.to(scale.dtype)[None, :, None] - mean * scale
+        scale = scale * norm.weight.to(scale.dtype).view(chan)
+        shift = norm.bias.to(scale.dtype).view(chan) - mean * scale
     else:
         shift = -mean * scale
     return torch.addcmul(shift, xf, scale).to(dtype)
+
+
+def _bmm_into(out: torch.Tensor, a: torch.Tensor, w: torch.Tensor, accumulate: bool) -> None:
+    """out (B x T x N, any BLAS-compatible strides) = / += a (B x T x K, rows contiguous) @ w (K x N), no copies."""
+    for i in range(a.shape[0]):  # one GEMM per utterance: a and out are strided views that cannot be flattened
+        if accumulate:  # addmm with out=self: in place, and visible to torch's FLOP counter (addmm_ is not)
+            torch.addmm(out[i], a[i], w, out=out[i])
+        else:
+            torch.mm(a[i], w, out=out[i])
+
+
+def _split_terms(x: torch.Tensor, k: int, s: int, t_out: int):
+    """(view of x: B x T_out x (n*C_in), first kernel tap, n taps) for each matrix-product term of the convolution."""
+    b, _, cin = x.shape
+    q, r = divmod(k, s)
+    for j in range(q):  # taps j*s .. j*s+s-1: rows of the view x[:, j*s : j*s + T_out*s] -> B x T_out x (s*C_in)
+        yield x[:, j * s: j * s + t_out * s].reshape(b, t_out, s * cin), j * s, s
+    for i in range(r):  # the remaining taps one by one: frames q*s+i, q*s+i+s, ... (row stride s*C_in)
+        yield x[:, q * s + i:].unfold(1, 1, s)[:, :t_out].squeeze(-1), q * s + i, 1
+
+
+class _TimeMajorConv(torch.autograd.Function):
+    """The split-GEMM convolution with a hand-written backward: the input gradient is accumulated in place into
+    one buffer (autograd through the slices would allocate and zero-fill a full-size buffer per term)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride: int):  # type: ignore[override]
+        b, t, cin = x.shape
+        cout, _, k = weight.shape
+        t_out = (t - k) // stride + 1
+        w = weight.permute(2, 1, 0).contiguous()  # k x C_in x C_out: w[j, c, o] = weight[o, c, j]
+        out = x.new_empty(b, t_out, cout)
+        for n_term, (a, tap, n) in enumerate(_split_terms(x, k, stride, t_out)):
+            _bmm_into(out, a, w[tap: tap + n].reshape(n * cin, cout), accumulate=n_term > 0)
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(x, w)
+        ctx.stride, ctx.has_bias = stride, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        k, cin, cout = w.shape
+        g = grad_out.contiguous()
+        t_out = g.shape[1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.zeros_like(x, dtype=g.dtype)
+            for dst, tap, n in _split_terms(grad_x, k, ctx.stride, t_out):
+                _bmm_into(dst, g, w[tap: tap + n].reshape(n * cin, cout).t(), accumulate=True)
+        if ctx.needs_input_grad[1]:
+            gw = torch.zeros_like(w, dtype=g.dtype)  # k x C_in x C_out
+            for a, tap, n in _split_terms(x, k, ctx.stride, t_out):
+                dst = gw[tap: tap + n].view(n * cin, cout)
+                for i in range(g.shape[0]):
+                    torch.addmm(dst, a[i].t(), g[i], out=dst)
+            grad_w = gw.permute(2, 1, 0)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(dim=(0, 1))
+        return grad_x, grad_w, grad_b, None
+
+
+def conv1d_time_major(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int) -> torch.Tensor:
+    """``F.conv1d(x.transpose(1, 2), weight, bias, stride).transpose(1, 2)`` (no padding, no dilation) for a
+    time-major x (B x T x C_in, contiguous) and weight C_out x C_in x k; returns B x T_out x C_out.
+
+    Write k = q * stride + r. Output frame t reads input frames [t*s, t*s + k): q blocks of ``stride`` consecutive
+    frames, which are rows of the zero-copy view x[:, j*s : j*s + T_out*s] -> B x T_out x (s*C_in), plus r single
+    frames (a strided view). So the convolution is q (+ r) matrix products with slices of the re-ordered weight,
+    no im2col copy. Narrow inputs (C_in * k <= 64, the waveform layer) use one product over an unfolded copy.
+    """
+    if torch.jit.is_tracing():  # shapes are traced values here: keep the graph length-generic with conv1d
+        return F.conv1d(x.transpose(1, 2), weight, bias, stride=stride).transpose(1, 2)
+    b, t, cin = x.shape
+    cout, wcin, k = weight.shape
+    if wcin != cin:
+        raise ValueError(f"input has {cin} channels, the convolution expects {wcin}")
+    s = int(stride)
+    t_out = (t - k) // s + 1
+    if t_out < 1:
+        raise ValueError(f"input of {t} frames is shorter than the convolution kernel ({k})")
+    if cin * k <= 64:  # the waveform layer: one product over an unfolded copy (autograd; its input needs no grad)
+        w = weight.permute(2, 1, 0).reshape(k * cin, cout)  # w[j*C_in + c, o] = weight[o, c, j]
+        win = x.unfold(1, k, s)  # B x T_out x C_in x k (a view)
+        win = win.reshape(b, t_out, k) if cin == 1 else win.transpose(2, 3).reshape(b, t_out, k * cin)
+        out = win @ w
+        return out + bias if bias is not None else out
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):  # cast once here instead of inside every product
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+        with torch.autocast(device_type, enabled=False):
+            return _TimeMajorConv.apply(x.contiguous(), weight, bias, s)
+    return _TimeMajorConv.apply(x.contiguous(), weight, bias, s)
 
 
 class ConvBlock(nn.Sequential):
@@ -71,16 +181,17 @@ class ConvBlock(nn.Sequential):
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x: B x T x C_in (time-major) -> (B x T_out x C_out, output lengths or None)."""
         conv = self.conv
-        x = conv(x)
+        x = conv1d_time_major(x, conv.weight, conv.bias, conv.stride[0])
         if lengths is not None:
             lengths = conv_out_length(lengths, conv.kernel_size[0], conv.stride[0])
         norm = self.norm
         if norm is not None:
-            if isinstance(norm, nn.GroupNorm) and lengths is not None:
-                x = masked_group_norm(x, lengths, norm)
-            else:
-                x = norm(x)
+            if isinstance(norm, nn.GroupNorm):
+                x = masked_group_norm(x, lengths, norm, fp32=True, time_dim=1)  # statistics in float32
+            else:  # "layer_norm" mode: Sequential(TransposeLast, LayerNorm, TransposeLast); time-major needs no transposes
+                x = norm[1](x)
         return F.gelu(x), lengths
 
 
@@ -118,14 +229,22 @@ class ConvFeatureExtractor(nn.Module):
             lengths = conv_out_length(lengths, conv.kernel_size[0], conv.stride[0])
         return lengths
 
-    def forward(
+    def forward_time_major(
         self, waveforms: torch.Tensor, lengths: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """waveforms: B x L; lengths: B valid samples or None (no padding). Returns (B x E x T, frame lengths)."""
-        x = waveforms.unsqueeze(1)
+        """waveforms: B x L; lengths: B valid samples or None (no padding). Returns (B x T x E, frame lengths)."""
+        x = waveforms.unsqueeze(-1)
         frame_lengths = lengths if (lengths is not None and self.mask_padding) else None
         for block in self.conv_layers:
             x, frame_lengths = block(x, frame_lengths)
         if lengths is not None and frame_lengths is None:
             frame_lengths = self.output_lengths(lengths)
         return x, frame_lengths
+
+    def forward(
+        self, waveforms: torch.Tensor, lengths: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """waveforms: B x L; lengths: B valid samples or None (no padding). Returns (B x E x T, frame lengths);
+        the features are a transposed view of :meth:`forward_time_major`'s."""
+        x, frame_lengths = self.forward_time_major(waveforms, lengths)
+        return x.transpose(1, 2), frame_lengths

@@ -29,7 +29,7 @@ from .encoder import TransformerEncoder
 from .feature_extractor import ConvFeatureExtractor
 from .layers import GradMultiply
 from .masking import compute_mask
-from .negatives import contrastive_logits, gather_negatives, sample_negative_indices
+from .negatives import contrastive_logits_from_indices, sample_negative_indices
 from .quantizer import GumbelVectorQuantizer
 
 __all__ = ["Wav2Vec2Model", "Wav2Vec2ForCTC", "PretrainingOutput", "lengths_to_padding_mask"]
@@ -132,14 +132,15 @@ class Wav2Vec2Model(nn.Module):
     def _features(
         self, waveforms: torch.Tensor, lengths: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Extractor with the reference's gradient policy: scaled gradients in training, frozen otherwise."""
+        """Extractor with the reference's gradient policy: scaled gradients in training, frozen otherwise.
+        Returns time-major features (B x T x E)."""
         if self.training and self.feature_grad_mult > 0:
-            feats, frame_lengths = self.feature_extractor(waveforms, lengths)
+            feats, frame_lengths = self.feature_extractor.forward_time_major(waveforms, lengths)
             if self.feature_grad_mult != 1.0:
                 feats = GradMultiply.apply(feats, self.feature_grad_mult)
         else:
             with torch.no_grad():
-                feats, frame_lengths = self.feature_extractor(waveforms, lengths)
+                feats, frame_lengths = self.feature_extractor.forward_time_major(waveforms, lengths)
         return feats, frame_lengths
 
     def _masked_input(
@@ -149,7 +150,7 @@ class Wav2Vec2Model(nn.Module):
         Returns (projected x, unmasked targets, features_pen, padding_mask, frame_lengths)."""
         feats, frame_lengths = self._features(waveforms, lengths)
         features_pen = feats.float().pow(2).mean()
-        feats = self.layer_norm(feats.transpose(1, 2))
+        feats = self.layer_norm(feats)
         unmasked = feats
         padding_mask = lengths_to_padding_mask(frame_lengths, feats.shape[1])
         x = self.post_extract_proj(feats) if self.post_extract_proj is not None else feats
@@ -292,12 +293,11 @@ class Wav2Vec2Model(nn.Module):
                 neg_idx = sample_negative_indices(
                     s, m, self.cfg.num_negatives, self.cfg.cross_sample_negatives, generator=generator, device=y.device
                 )
-            negs = gather_negatives(y, neg_idx)
             if self.target_glu is not None:
-                y = self.target_glu(y)
-                negs = self.target_glu(negs)
+                y = self.target_glu(y)  # row-wise, so gathering negatives afterwards is the same
             xm = self.final_proj(x[sl][ms].view(s, m, -1))
-            lg = contrastive_logits(xm, y, negs, self.cfg.logit_temp, fp32=self.cfg.fp32_cosine_sim)
+            lg = contrastive_logits_from_indices(xm, y, neg_idx, min(self.cfg.num_negatives, neg_idx.shape[-1]),
+                                                 self.cfg.logit_temp, fp32=self.cfg.fp32_cosine_sim)
             logits_parts.append(lg.permute(1, 2, 0).reshape(s * m, -1))
             neg_parts.append(neg_idx)
             rows.append(s * m)
