@@ -10,7 +10,7 @@
 #   RESULTS_DIR     [results/demo]   all outputs: checkpoints, dllogger logs, TensorBoard events, PNG curves
 #   DATA_DIR        [data/synthetic] corpus root (LibriSpeech layout under $DATA_DIR/LibriSpeech)
 #   TRAIN_MINUTES   [60]   unlabelled pretraining audio       FT_SUBSET [train]  labelled fine-tuning list (1 h)
-#   PT_UPDATES      [1500] pretraining updates                FT_UPDATES [800]        fine-tuning updates
+#   PT_UPDATES      [1000] pretraining updates                FT_UPDATES [1600]       fine-tuning updates
 #   PT_LR           [0.002]                                   FT_LR      [0.002]
 #   MAX_TOKENS      [300000] samples per batch                 THREADS    [all cores]
 #   HOURGLASS       []     e.g. "[1,(2,2),1]": pretrain the tiny model with a Hourglass encoder
@@ -31,8 +31,8 @@ RESULTS_DIR=${RESULTS_DIR:-results/demo}
 DATA_DIR=${DATA_DIR:-data/synthetic}
 TRAIN_MINUTES=${TRAIN_MINUTES:-60}
 FT_SUBSET=${FT_SUBSET:-train}
-PT_UPDATES=${PT_UPDATES:-1500}
-FT_UPDATES=${FT_UPDATES:-800}
+PT_UPDATES=${PT_UPDATES:-1000}
+FT_UPDATES=${FT_UPDATES:-1600}
 PT_LR=${PT_LR:-0.002}
 FT_LR=${FT_LR:-0.002}
 HOURGLASS=${HOURGLASS:-}

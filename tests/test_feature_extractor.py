@@ -62,3 +62,27 @@ def test_conv1d_time_major_errors():
         conv1d_time_major(torch.zeros(1, 2, 8), torch.zeros(4, 8, 3), None, 2)
     with pytest.raises(ValueError, match="channels"):
         conv1d_time_major(torch.zeros(1, 20, 8), torch.zeros(4, 6, 3), None, 2)
+
+
+@pytest.mark.parametrize("lengths", [None, [50, 37, 2]])
+def test_time_major_masked_group_norm_matches_group_norm_per_utterance(lengths):
+    from wav2vec2.feature_extractor import masked_group_norm
+
+    g = torch.Generator().manual_seed(2)
+    norm = torch.nn.GroupNorm(6, 6).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.uniform_(-0.5, 0.5, generator=g)
+    x = torch.randn(3, 50, 6, generator=g, dtype=torch.float64) * 3 + 5  # B x T x C, a large mean
+    lens = torch.tensor(lengths) if lengths is not None else None
+    got = masked_group_norm(x, lens, norm, fp32=False, time_dim=1)
+    for i in range(3):
+        n = 50 if lengths is None else lengths[i]
+        ref = norm(x[i: i + 1, :n].transpose(1, 2)).transpose(1, 2)
+        torch.testing.assert_close(got[i: i + 1, :n], ref, rtol=1e-10, atol=1e-10)
+    # small chunks exercise the chunk loop
+    from wav2vec2.feature_extractor import _time_major_channel_stats
+    m1, v1 = _time_major_channel_stats(x, lens, chunk=7)
+    m2, v2 = _time_major_channel_stats(x, lens, chunk=1024)
+    torch.testing.assert_close(m1, m2)
+    torch.testing.assert_close(v1, v2)

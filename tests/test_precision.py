@@ -70,7 +70,6 @@ def test_make_loss_scaler_uses_reference_window_and_init():
 def test_injected_inf_gradient_skips_step_and_halves_scale(caplog):
     scaler = DynamicLossScaler(init_scale=128.0, scale_window=2048)
     p = torch.nn.Parameter(torch.ones(3))
-    opt = torch.optim.SGD([p], lr=0.1)
     loss = scaler.scale((p * torch.tensor([1.0, 2.0, 3.0])).sum())
     loss.backward()
     p.grad[1] = float("inf")                           # injected overflow

@@ -45,11 +45,13 @@ def masked_group_norm(
     xf = x.float() if fp32 else x
     t = xf.shape[time_dim]
     chan = (1, -1, 1) if time_dim == -1 else (1, 1, -1)  # broadcast shape of per-channel parameters
-    if lengths is None:
+    if time_dim == 1:
+        mean, var = _time_major_channel_stats(xf, lengths)
+    elif lengths is None:
         var, mean = torch.var_mean(xf, dim=time_dim, keepdim=True, correction=0)
     else:
         valid = (torch.arange(t, device=x.device)[None, :] < lengths[:, None]).to(xf.dtype)  # B x T
-        valid = valid[:, None, :] if time_dim == -1 else valid[:, :, None]
+        valid = valid[:, None, :]
         count = valid.sum(time_dim, keepdim=True).clamp_min(1.0)
         mean = (xf * valid).sum(time_dim, keepdim=True) / count
         var = ((xf - mean).square_() * valid).sum(time_dim, keepdim=True) / count  # biased, as GroupNorm
@@ -61,6 +63,34 @@ def masked_group_norm(
     else:
         shift = -mean * scale
     return torch.addcmul(shift, xf, scale).to(dtype)
+
+
+def _time_major_channel_stats(x: torch.Tensor, lengths: Optional[torch.Tensor], chunk: int = 1024
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-utterance, per-channel mean and biased variance over the valid frames of x (B x T x C), each B x 1 x C.
+
+    Two passes (mean, then squared deviations: no cancellation), in chunks of ``chunk`` frames so that the
+    temporaries stay in cache: ``torch.var_mean`` over the frame axis of a time-major tensor is a strided reduction
+    and took ~46 ms for a 6.5 s utterance's 20,799 x 512 layer-0 output on the 2-core CPU, this ~10 ms."""
+    b, t, _ = x.shape
+    if lengths is None:
+        count = torch.full((b, 1, 1), float(t), dtype=x.dtype, device=x.device)
+        mean = x.sum(1, keepdim=True) / count
+    else:
+        frames = torch.arange(t, device=x.device)
+        count = lengths.to(x.dtype).clamp_min(1.0).view(b, 1, 1)
+        mean = torch.zeros_like(x[:, :1])
+        for i in range(0, t, chunk):
+            valid = (frames[i: i + chunk][None, :] < lengths[:, None]).to(x.dtype).unsqueeze(-1)  # B x c x 1
+            mean = mean + (x[:, i: i + chunk] * valid).sum(1, keepdim=True)
+        mean = mean / count
+    sq = torch.zeros_like(mean)
+    for i in range(0, t, chunk):
+        d = (x[:, i: i + chunk] - mean).square()
+        if lengths is not None:
+            d = d * (torch.arange(i, min(i + chunk, t), device=x.device)[None, :] < lengths[:, None]).to(x.dtype)[..., None]
+        sq = sq + d.sum(1, keepdim=True)
+    return mean, sq / count
 
 
 def _bmm_into(out: torch.Tensor, a: torch.Tensor, w: torch.Tensor, accumulate: bool) -> None:
