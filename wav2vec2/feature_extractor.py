@@ -45,13 +45,13 @@ def masked_group_norm(
     xf = x.float() if fp32 else x
     t = xf.shape[time_dim]
     chan = (1, -1, 1) if time_dim == -1 else (1, 1, -1)  # broadcast shape of per-channel parameters
-    if time_dim == 1:
+    if time_dim == 1 and not torch.jit.is_tracing():  # (the chunk loop would be unrolled for one length)
         mean, var = _time_major_channel_stats(xf, lengths)
     elif lengths is None:
         var, mean = torch.var_mean(xf, dim=time_dim, keepdim=True, correction=0)
     else:
         valid = (torch.arange(t, device=x.device)[None, :] < lengths[:, None]).to(xf.dtype)  # B x T
-        valid = valid[:, None, :]
+        valid = valid[:, None, :] if time_dim == -1 else valid[:, :, None]
         count = valid.sum(time_dim, keepdim=True).clamp_min(1.0)
         mean = (xf * valid).sum(time_dim, keepdim=True) / count
         var = ((xf - mean).square_() * valid).sum(time_dim, keepdim=True) / count  # biased, as GroupNorm
