@@ -168,9 +168,8 @@ def _build_decoder(args: argparse.Namespace, dictionary, verbose: bool = True):
                              "--out_dir DIR")
     if not args.lexicon:
         return None
-    from common.ctc_decoder import (BeamSearchConfig, CTCBeamSearchDecoder, Lexicon, LexiconError,
-                                    flashlight_available)
-    from common.ngram_lm import ARPAError, NGramLM
+    from common.ctc_decoder import BeamSearchConfig, LexiconError, build_decoder, flashlight_available
+    from common.ngram_lm import ARPAError
 
     if not os.path.isfile(args.lexicon):
         raise InferenceError(f"lexicon not found: {args.lexicon} (--lexicon)")
@@ -189,12 +188,8 @@ def _build_decoder(args: argparse.Namespace, dictionary, verbose: bool = True):
         raise InferenceError(f"--lexicon needs a dictionary with the word separator '|' ({dictionary.source})")
     t0 = time.perf_counter()
     try:
-        lexicon = Lexicon.load(args.lexicon, dictionary.symbols)
-        lm = None
-        if args.lm_path and config.backend == "python":  # flashlight's KenLM reads the file itself
-            lm = NGramLM.load_arpa(args.lm_path, progress=verbose)
-        decoder = CTCBeamSearchDecoder(lexicon, dictionary.symbols, lm, config, blank=dictionary.blank,
-                                       lm_path=args.lm_path)
+        decoder = build_decoder(args.lexicon, dictionary.symbols, args.lm_path, config, blank=dictionary.blank,
+                                progress=verbose)
     except LexiconError as exc:
         raise InferenceError(f"{exc} (dictionary {dictionary.source})") from None
     except ARPAError as exc:
@@ -207,7 +202,8 @@ def _build_decoder(args: argparse.Namespace, dictionary, verbose: bool = True):
     if oov:
         LOG.warning("%d lexicon words are not in the LM %s (scored as <unk>), e.g. %s", len(oov), args.lm_path,
                     ", ".join(oov[:5]))
-    print(f"Beam search ({config.backend}): lexicon {args.lexicon} ({len(lexicon)} words)"
+    lm = decoder.lm
+    print(f"Beam search ({config.backend}): lexicon {args.lexicon} ({len(decoder.lexicon)} words)"
           + (f", LM {args.lm_path}" + (f" (order {lm.order}, {len(lm)} n-grams)" if lm is not None else "")
              if args.lm_path else ", no LM")
           + f", beam {config.beam}, lm_weight {config.lm_weight}, word_score {config.word_score}; "

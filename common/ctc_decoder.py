@@ -588,14 +588,15 @@ class _FlashlightBackend:
 
 
 def build_decoder(lexicon_path: str, symbols: Sequence[str], lm_path: Optional[str] = None,
-                  config: Optional[BeamSearchConfig] = None, blank: int = 0) -> CTCBeamSearchDecoder:
-    """Load the lexicon (and the ARPA LM for the python backend; flashlight's KenLM reads ``lm_path`` itself) and
-    build the decoder."""
+                  config: Optional[BeamSearchConfig] = None, blank: int = 0,
+                  progress: bool = False) -> CTCBeamSearchDecoder:
+    """Load the lexicon (and the ARPA LM for the python backend, with a progress line when ``progress``;
+    flashlight's KenLM reads ``lm_path`` itself) and build the decoder."""
     from common.ngram_lm import NGramLM
 
     config = config or BeamSearchConfig()
     lexicon = Lexicon.load(lexicon_path, symbols)
     lm = None
-    if lm_path is not None and config.backend == "python":
-        lm = NGramLM.load_arpa(lm_path)
+    if lm_path and config.backend == "python":
+        lm = NGramLM.load_arpa(lm_path, progress=progress)
     return CTCBeamSearchDecoder(lexicon, symbols, lm, config, blank=blank, lm_path=lm_path)

@@ -73,23 +73,21 @@ def _time_major_channel_stats(x: torch.Tensor, lengths: Optional[torch.Tensor], 
     temporaries stay in cache: ``torch.var_mean`` over the frame axis of a time-major tensor is a strided reduction
     and took ~46 ms for a 6.5 s utterance's 20,799 x 512 layer-0 output on the 2-core CPU, this ~10 ms."""
     b, t, _ = x.shape
+    chunks = [(i, min(i + chunk, t)) for i in range(0, t, chunk)]
+
+    def valid(i: int, j: int) -> torch.Tensor:  # B x (j - i) x 1: 1 on the frames inside each utterance
+        return (torch.arange(i, j, device=x.device)[None, :] < lengths[:, None]).to(x.dtype).unsqueeze(-1)
+
     if lengths is None:
         count = torch.full((b, 1, 1), float(t), dtype=x.dtype, device=x.device)
         mean = x.sum(1, keepdim=True) / count
     else:
-        frames = torch.arange(t, device=x.device)
         count = lengths.to(x.dtype).clamp_min(1.0).view(b, 1, 1)
-        mean = torch.zeros_like(x[:, :1])
-        for i in range(0, t, chunk):
-            valid = (frames[i: i + chunk][None, :] < lengths[:, None]).to(x.dtype).unsqueeze(-1)  # B x c x 1
-            mean = mean + (x[:, i: i + chunk] * valid).sum(1, keepdim=True)
-        mean = mean / count
+        mean = sum((x[:, i:j] * valid(i, j)).sum(1, keepdim=True) for i, j in chunks) / count
     sq = torch.zeros_like(mean)
-    for i in range(0, t, chunk):
-        d = (x[:, i: i + chunk] - mean).square()
-        if lengths is not None:
-            d = d * (torch.arange(i, min(i + chunk, t), device=x.device)[None, :] < lengths[:, None]).to(x.dtype)[..., None]
-        sq = sq + d.sum(1, keepdim=True)
+    for i, j in chunks:
+        d = (x[:, i:j] - mean).square()
+        sq = sq + (d if lengths is None else d * valid(i, j)).sum(1, keepdim=True)
     return mean, sq / count
 
 
