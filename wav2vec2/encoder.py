@@ -95,16 +95,7 @@ class MultiheadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: B x T x C; attn_mask: boolean B x 1 x 1 x T, True = may attend (None: attend everywhere)."""
         b, t, c = x.shape
-        # training: one packed projection, the three weights concatenated per call (one large matmul instead of
-        # three; in the backward one grad-input matmul instead of three matmuls and two additions). The parameters
-        # stay separate, with fairseq's names. Without autograd (inference) the concatenation would cost more than
-        # it saves: three projections then.
-        if torch.is_grad_enabled() and self.q_proj.weight.requires_grad:
-            w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-            bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-            q, k, v = F.linear(x, w, bias).view(b, t, 3, self.heads, self.head_dim).unbind(2)
-        else:
-            q, k, v = (p(x).view(b, t, self.heads, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (p(x).view(b, t, self.heads, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         dtype = q.dtype
         if self.fp32_softmax:
