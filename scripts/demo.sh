@@ -10,8 +10,9 @@
 #   RESULTS_DIR     [results/demo]   all outputs: checkpoints, dllogger logs, TensorBoard events, PNG curves
 #   DATA_DIR        [data/synthetic] corpus root (LibriSpeech layout under $DATA_DIR/LibriSpeech)
 #   TRAIN_MINUTES   [60]   unlabelled pretraining audio       FT_SUBSET [train]  labelled fine-tuning list (1 h)
-#   PT_UPDATES      [1000] pretraining updates                FT_UPDATES [1600]       fine-tuning updates
-#   PT_LR           [0.002]                                   FT_LR      [0.002]
+#   PT_UPDATES      [1200] pretraining updates                FT_UPDATES [1600]       fine-tuning updates
+#   PT_LR           [0.001]                                   FT_LR      [0.002]
+#                   (pretraining at 0.002 collapsed the transformer in 3 runs of 4; 0.001 took off in 3 of 3)
 #   MAX_TOKENS      [300000] samples per batch                 THREADS    [all cores]
 #   HOURGLASS       []     e.g. "[1,(2,2),1]": pretrain the tiny model with a Hourglass encoder
 #   SKIP_PRETRAIN   [0]    1: fine-tune from random initialisation (for the study in docs/RESULTS.md)
@@ -31,9 +32,9 @@ RESULTS_DIR=${RESULTS_DIR:-results/demo}
 DATA_DIR=${DATA_DIR:-data/synthetic}
 TRAIN_MINUTES=${TRAIN_MINUTES:-60}
 FT_SUBSET=${FT_SUBSET:-train}
-PT_UPDATES=${PT_UPDATES:-1000}
+PT_UPDATES=${PT_UPDATES:-1200}
 FT_UPDATES=${FT_UPDATES:-1600}
-PT_LR=${PT_LR:-0.002}
+PT_LR=${PT_LR:-0.001}
 FT_LR=${FT_LR:-0.002}
 HOURGLASS=${HOURGLASS:-}
 INIT_CHECKPOINT=${INIT_CHECKPOINT:-}
@@ -90,6 +91,10 @@ elif [ "$SKIP_PRETRAIN" = 0 ]; then
         --max_update "$PT_UPDATES" --warmup_updates $((PT_UPDATES / 10)) --lr "$PT_LR" --clip_norm 25 \
         --save_frequency 1 --save_interval_updates 100 --resume
     INIT="$RESULTS_DIR/pretrain/wav2vec2_update$PT_UPDATES.pt"
+    # a collapsed encoder (top-layer effective rank of ~2) is the usual reason fine-tuning stalls at blank output
+    echo "== pretrained model: effective rank of each layer on 8 dev-clean utterances"
+    "$PYTHON" -m utils.layer_rank "$INIT" --data "$DATA" --subset dev-clean --warn_below 4 \
+        | tee "$RESULTS_DIR/pretrain/layer_rank.txt"
 else
     run_stage random_init "$PYTHON" -m wav2vec2.init_checkpoint --preset tiny --out "$RESULTS_DIR/random_init/model.pt"
     INIT="$RESULTS_DIR/random_init/model.pt"

@@ -1,0 +1,62 @@
+"""Effective-rank probe (wav2vec2.probe): hand-computed matrices and the layer hooks of a tiny model."""
+
+import math
+
+import pytest
+import torch
+
+from wav2vec2.config import preset
+from wav2vec2.model import Wav2Vec2Model
+from wav2vec2.probe import effective_rank, layer_effective_ranks
+
+
+def test_effective_rank_of_k_equal_orthogonal_directions_is_k():
+    for k in (1, 3, 7):
+        eye = torch.eye(10)[:k]
+        rows = torch.cat([eye * 2.0, -eye * 2.0])  # centred already, k equal singular values
+        assert effective_rank(rows) == pytest.approx(k, rel=1e-9)
+
+
+def test_effective_rank_of_unequal_directions_matches_entropy():
+    # variances 9 and 1 along two axes (rows +-3 e0, +-1 e1): p = (0.9, 0.1)
+    rows = torch.tensor([[3.0, 0, 0], [-3.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0]])
+    p = torch.tensor([0.9, 0.1], dtype=torch.float64)
+    expected = math.exp(float(-(p * p.log()).sum()))
+    assert effective_rank(rows) == pytest.approx(expected, rel=1e-9)
+
+
+def test_effective_rank_ignores_the_mean_and_handles_constant_rows():
+    line = torch.linspace(-1, 1, 50)[:, None] * torch.tensor([[1.0, 2.0, -1.0]]) + 5.0
+    assert effective_rank(line) == pytest.approx(1.0, rel=1e-9)
+    assert effective_rank(torch.ones(4, 3)) == 0.0
+    with pytest.raises(ValueError):
+        effective_rank(torch.ones(2, 3, 4))
+
+
+def test_layer_effective_ranks_of_a_tiny_model():
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(preset("tiny"))
+    model.train()
+    waves = [torch.randn(8000), torch.randn(12000)]
+    ranks = layer_effective_ranks(model, waves)
+    assert list(ranks) == ["features"] + [f"layer_{i}" for i in range(4)]
+    assert all(1.0 < r <= 144 for r in ranks.values())
+    assert model.training  # mode restored
+    # the last layer's value is the rank of what extract_features returns, computed independently
+    model.eval()
+    with torch.no_grad():
+        outs = [model.extract_features(w[None], None, mask=False)[0][0] for w in waves]
+    assert ranks["layer_3"] == pytest.approx(effective_rank(torch.cat(outs)), rel=1e-6)
+
+
+def test_layer_rank_cli_prints_ranks_and_warns_below_threshold(tiny_corpus, capsys):
+    from utils.layer_rank import main
+
+    assert main(["random:tiny", "--data", tiny_corpus, "--subset", "valid", "--utterances", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("random:tiny: effective rank (of 144) features=") and "layer_3=" in out
+    assert "WARNING" not in out
+    # a random model's top layer is far above 4 but below the width: a threshold of 144 must warn
+    assert main(["random:tiny", "--data", tiny_corpus, "--subset", "valid", "--utterances", "2",
+                 "--warn_below", "144"]) == 0
+    assert "WARNING: random:tiny: the last transformer layer's effective rank" in capsys.readouterr().out
