@@ -14,6 +14,7 @@
 #   PT_LR           [0.001]                                   FT_LR      [0.002]
 #                   (pretraining at 0.002 collapsed the transformer in 3 runs of 4; 0.001 took off in 3 of 3)
 #   MAX_TOKENS      [300000] samples per batch                 THREADS    [all cores]
+#   SEED            [1]    seed of pretraining and fine-tuning (init, masks, negatives, batch order)
 #   HOURGLASS       []     e.g. "[1,(2,2),1]": pretrain the tiny model with a Hourglass encoder
 #   SKIP_PRETRAIN   [0]    1: fine-tune from random initialisation (for the study in docs/RESULTS.md)
 #   INIT_CHECKPOINT []     fine-tune from this pretrained checkpoint instead of pretraining here
@@ -42,9 +43,10 @@ MAX_TOKENS=${MAX_TOKENS:-300000}
 SKIP_PRETRAIN=${SKIP_PRETRAIN:-0}
 DECODER=${DECODER:-lm}
 THREADS=${THREADS:-$(nproc)}
+SEED=${SEED:-1}
 export OMP_NUM_THREADS=$THREADS
 
-for v in TRAIN_MINUTES PT_UPDATES FT_UPDATES MAX_TOKENS THREADS; do
+for v in TRAIN_MINUTES PT_UPDATES FT_UPDATES MAX_TOKENS THREADS SEED; do
     if ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]]; then echo "ERROR: $v must be a positive integer, got '${!v}'" >&2; exit 2; fi
 done
 case "$SKIP_PRETRAIN" in 0|1) ;; *) echo "ERROR: SKIP_PRETRAIN must be 0 or 1, got '$SKIP_PRETRAIN'" >&2; exit 2;; esac
@@ -77,7 +79,7 @@ run_stage() {
 echo "== corpus: $DATA ($TRAIN_MINUTES min of training audio)"
 OUT_DIR="$DATA_DIR" TRAIN_MINUTES="$TRAIN_MINUTES" PYTHON="$PYTHON" bash scripts/make_synthetic_corpus.sh
 
-COMMON=(--data "$DATA" --cpu --num_workers 1 --log_frequency 25 --max_tokens "$MAX_TOKENS" --seed 1)
+COMMON=(--data "$DATA" --cpu --num_workers 1 --log_frequency 25 --max_tokens "$MAX_TOKENS" --seed "$SEED")
 
 if [ -n "$INIT_CHECKPOINT" ]; then
     [ -f "$INIT_CHECKPOINT" ] || { echo "ERROR: INIT_CHECKPOINT=$INIT_CHECKPOINT does not exist" >&2; exit 2; }

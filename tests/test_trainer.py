@@ -274,9 +274,14 @@ def _series(out_dir: str, key: str) -> list[float]:
 @pytest.mark.slow
 def test_pretraining_and_finetuning_learn(tiny_corpus, tmp_path):
     """A few hundred updates on the tone corpus: pretraining loss falls and accuracy rises; fine-tuning loss and
-    WER fall."""
+    the character error rate fall, and the model leaves blank-only output.
+
+    Measured spread (seeds 1-3, with and without a packed q/k/v projection, i.e. different float rounding): final
+    dev UER 41-71 % (blank-only output is 100 %), train CTC loss down to 1-2 % of its start. The WER of the 16
+    valid words is too coarse to test on: it ended at 81-100 % in those same learning runs. Pretraining at lr 2e-3
+    instead of 1e-3 left fine-tuning blank-only in some of them (the collapse of docs/RESULTS.md)."""
     pre = str(tmp_path / "pre")
-    _run_train(_pretrain_args(tiny_corpus, pre, "--max_update", "300", "--warmup_updates", "30", "--lr", "0.002",
+    _run_train(_pretrain_args(tiny_corpus, pre, "--max_update", "300", "--warmup_updates", "30", "--lr", "0.001",
                               "--latent_temp", "2.0", "0.5", "0.99", "--log_frequency", "10", "--dropout", "0.0",
                               "--encoder_layerdrop", "0.0"))
     loss, acc = _series(pre, "train_loss"), _series(pre, "train_accuracy")
@@ -286,14 +291,14 @@ def test_pretraining_and_finetuning_learn(tiny_corpus, tmp_path):
     _run_train([
         "finetune", "--w2v_path", os.path.join(pre, "wav2vec2_update300.pt"), "--data", tiny_corpus,
         "--train_subset", "train", "--valid_subset", "valid", "--output_dir", ft, "--cpu", "--max_tokens", "60000",
-        "--required_batch_size_multiple", "1", "--num_workers", "0", "--max_update", "300", "--lr", "0.002",
-        "--update_freq", "1", "--lr_policy", "exp", "--warmup_updates", "30", "--hold_updates", "120",
+        "--required_batch_size_multiple", "1", "--num_workers", "0", "--max_update", "600", "--lr", "0.002",
+        "--update_freq", "1", "--lr_policy", "exp", "--warmup_updates", "60", "--hold_updates", "240",
         "--initial_lr_scale", "0.01", "--final_lr_scale", "0.05", "--feature_grad_mult", "1.0",
         "--log_frequency", "10", "--save_frequency", "10",
     ])
-    ctc, wer = _series(ft, "train_loss"), _series(ft, "val_wer")
+    ctc, uer = _series(ft, "train_loss"), _series(ft, "val_uer")
     assert sum(ctc[-3:]) / 3 < 0.5 * sum(ctc[:3]) / 3
-    assert wer[-1] < wer[0] and wer[-1] < 100.0
+    assert uer[-1] < uer[0] and uer[-1] < 85.0, uer
 
 
 def test_blank_only_validation_is_reported_despite_train_logs(tmp_path):
