@@ -49,8 +49,8 @@ def layer_effective_ranks(model: nn.Module, waveforms: Iterable[torch.Tensor]) -
     """Effective rank of the feature-extractor output (after its LayerNorm) and of each transformer layer's output.
 
     ``model``: a :class:`~wav2vec2.model.Wav2Vec2Model` or a CTC model (its ``w2v_model`` is probed). Frames of all
-    ``waveforms`` (1-D tensors) are pooled. Keys: ``features``, ``layer_0``, ``layer_1``, ... in execution order
-    (``layer_i`` is the i-th TransformerLayer module; the dict is in execution order).
+    ``waveforms`` (1-D tensors) are pooled. Keys: ``features``, then ``layer_i`` for the i-th TransformerLayer module,
+    in the order the layers run (for a Hourglass encoder, module order and execution order can differ).
     """
     w2v = getattr(model, "w2v_model", model)
     was_training = w2v.training
