@@ -60,3 +60,25 @@ def test_layer_rank_cli_prints_ranks_and_warns_below_threshold(tiny_corpus, caps
     assert main(["random:tiny", "--data", tiny_corpus, "--subset", "valid", "--utterances", "2",
                  "--warn_below", "144"]) == 0
     assert "WARNING: random:tiny: the last transformer layer's effective rank" in capsys.readouterr().out
+
+
+def test_layer_rank_cli_names_the_manifest_line_of_a_missing_audio_file(tiny_corpus, tmp_path):
+    import shutil
+
+    from utils.layer_rank import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus, data)
+    lines = (data / "valid.tsv").read_text().splitlines()
+    lines[1] = "missing.wav\t" + lines[1].split("\t")[1]  # the first entry now names a file that does not exist
+    (data / "valid.tsv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(Exception) as err:
+        main(["random:tiny", "--data", str(data), "--subset", "valid", "--utterances", "1"])
+    assert "missing.wav" in str(err.value) and "valid.tsv:2" in str(err.value)
+
+
+def test_layer_rank_cli_rejects_a_non_positive_utterance_count(tiny_corpus):
+    from utils.layer_rank import main
+
+    with pytest.raises(SystemExit):
+        main(["random:tiny", "--data", tiny_corpus, "--subset", "valid", "--utterances", "0"])

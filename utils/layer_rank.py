@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import torch
 
-from common.data.audio import normalize_waveform, read_audio
+from common.data.audio import AudioOrigin, normalize_waveform, read_audio
 from common.data.manifest import load_manifest
 from wav2vec2.checkpoint import load_model
 from wav2vec2.config import preset
@@ -41,13 +41,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warn_below", type=float, default=0.0,
                    help="print a WARNING when the last layer's effective rank is below this (e.g. 4)")
     args = p.parse_args(argv)
+    if args.utterances < 1:
+        p.error(f"--utterances must be at least 1, got {args.utterances}")
 
     manifest = load_manifest(os.path.join(args.data, f"{args.subset}.tsv"))
     n = min(args.utterances, len(manifest))
     if n == 0:
         print(f"ERROR: {manifest.path} has no utterances", file=sys.stderr)
         return 2
-    raw = [torch.from_numpy(read_audio(manifest.audio_path(i), expected_num_samples=int(manifest.sizes[i])))
+    raw = [torch.from_numpy(read_audio(manifest.audio_path(i), expected_num_samples=int(manifest.sizes[i]),
+                                       origin=AudioOrigin(manifest.path, int(manifest.line_numbers[i]))))
            for i in range(n)]
     for spec in args.checkpoints:
         model = _load(spec, args.seed)
