@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch by duration: at most this many seconds of padded audio per batch (utterances sorted "
                         "by length; outputs stay in filelist order)")
     g.add_argument("--torch_compile", action="store_true", help="run the model through torch.compile")
+    g.add_argument("--cuda_graphs", action="store_true",
+                   help="replay the forward from CUDA graphs (CUDA only; one graph per batch shape, captured before "
+                        "the timed loop): removes the kernel-launch overhead that dominates batch-1 GPU latency")
+    g.add_argument("--cuda_graph_pad", type=int, default=4000,
+                   help="with --cuda_graphs: round batch lengths up to a multiple of this many samples (the padding "
+                        "is masked, results unchanged) so that few graphs cover a corpus; 0 = exact shapes")
     g.add_argument("--use_ema", action="store_true", help="evaluate the checkpoint's EMA weights")
     g.add_argument("--transcribe_wav", default=None, help=argparse.SUPPRESS)
     g.add_argument("--transcribe_filelist", default=None, help=argparse.SUPPRESS)
@@ -159,6 +165,22 @@ def prepare_model(model: torch.nn.Module, device: torch.device, torchscript: boo
     return model
 
 
+def capture_graphs(model: torch.nn.Module, batch_sizes: Sequence[Sequence[int]], pad_to: int, autocast,
+                   verbose: bool = True):
+    """Wrap ``model`` in ``GraphedInference`` and capture one graph per batch shape of ``batch_sizes`` (the sample
+    counts of each batch's utterances) before the timed loop. A batch whose utterances all have one length runs
+    without lengths (the evaluation loop's unpadded fast path), unless ``pad_to`` pads it."""
+    from common.cuda_graphs import GraphedInference
+
+    graphed = GraphedInference(model, pad_to=pad_to)
+    shapes = sorted({(len(b), max(int(n) for n in b), len({int(n) for n in b}) > 1) for b in batch_sizes})
+    with autocast():
+        graphed.prepare(shapes)
+    if verbose:
+        print(graphed.summary())
+    return graphed
+
+
 def _build_decoder(args: argparse.Namespace, dictionary, verbose: bool = True):
     """The beam-search decoder of --lexicon/--lm_path (None: greedy decoding); every input error is an
     InferenceError naming the file."""
@@ -255,6 +277,10 @@ def run(args: argparse.Namespace) -> int:
                              "write a filelist <data>/<subset>.tsv without a transcript file instead")
     if args.torchscript and args.torch_compile:
         raise InferenceError("--torchscript and --torch_compile are mutually exclusive")
+    if args.cuda_graphs and (args.torchscript or args.torch_compile):
+        raise InferenceError("--cuda_graphs replays the eager model: not with --torchscript/--torch_compile")
+    if args.cuda_graph_pad < 0:
+        raise InferenceError("--cuda_graph_pad must be >= 0")
     if args.batch_size is None and args.max_duration is None:
         raise InferenceError("give --batch_size (utterances per batch) or --max_duration (seconds per batch)")
     if args.steps < 0 or args.warmup_steps < 0:
@@ -264,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
     device = env.device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InferenceError(f"--device {device} requested but CUDA is not available")
+    if args.cuda_graphs and device.type != "cuda":
+        raise InferenceError(f"--cuda_graphs needs a CUDA device (running on {device})")
     policy = _precision(args, device)
     policy.apply_tf32()
     torch.manual_seed(args.seed + env.local_rank)
@@ -320,6 +348,9 @@ def run(args: argparse.Namespace) -> int:
               f"{len(dataset)} utterances, {len(batches)} batches, precision {policy.mode}, device {device}")
 
     model = prepare_model(model, device, torchscript=args.torchscript, torch_compile=args.torch_compile)
+    if args.cuda_graphs:
+        model = capture_graphs(model, [[dataset.sizes[i] for i in b] for b in shard], args.cuda_graph_pad,
+                               policy.autocast, verbose=env.is_main)
     settings = EvalSettings(
         symbols=dictionary.symbols, word_separator=separator, blank=dictionary.blank, steps=args.steps,
         warmup_steps=args.warmup_steps, keep_log_probs=(bool(args.save_logits) or decoder is not None)
@@ -329,6 +360,8 @@ def run(args: argparse.Namespace) -> int:
     )
     settings.progress.total = settings.num_iterations(len(shard))
     result = run_ctc_evaluation(model, loader, settings, device=device, batches_per_pass=len(shard))
+    if args.cuda_graphs and env.is_main:
+        print(model.summary())
     greedy = None
     if decoder is not None:  # every rank decodes its own utterances, after (and outside) the timed model loop
         greedy, decode_s, decoded_audio_s = beam_decode(

@@ -15,6 +15,9 @@ mask (what HF does for GroupNorm "base" models, whose batched output therefore d
     python benchmarks/inference_latency.py --presets base tiny --batch_sizes 1 8 --repeats 10 --threads 2
     python benchmarks/inference_latency.py --presets base --batch_sizes 1 --bf16    # + ours and HF under BF16 autocast
 
+With ``--cuda_graphs`` (CUDA only) one more entry, ``ours_graphs``, replays our forward from a CUDA graph
+(common/cuda_graphs.py), and with ``--bf16`` also ``ours_graphs_bf16``. On CUDA every timed call is synchronised.
+
 With ``--bf16`` two more entries run in the same alternation: ``ours_bf16`` and ``hf_bf16`` (each model under
 ``torch.autocast(dtype=bfloat16)``), so BF16 speed-ups are reported against both HF's FP32 default and HF in BF16.
 """
@@ -69,6 +72,8 @@ def forward_fn(tag: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[]
                 return inner()
         return bf16
     lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+    if tag == "ours_graphs":
+        return lambda: model(x, None)[0]  # model: a GraphedInference around ours
     if tag == "hf":
         return lambda: model(x).logits
     if tag == "ours_masked":
@@ -83,6 +88,11 @@ def check_same_outputs(models: Dict[str, torch.nn.Module], x: torch.Tensor) -> f
     return float((a - b).abs().max())
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_alternating(models: Dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, warmup: int
                      ) -> Dict[str, List[float]]:
     fns = {tag: forward_fn(tag, m, x) for tag, m in models.items()}
@@ -90,8 +100,10 @@ def time_alternating(models: Dict[str, torch.nn.Module], x: torch.Tensor, repeat
     with torch.inference_mode():
         for i in range(warmup + repeats):
             for tag, fn in fns.items():
+                _sync(x.device)
                 t = time.perf_counter()
                 fn()
+                _sync(x.device)
                 dt = time.perf_counter() - t
                 if i >= warmup:
                     times[tag].append(dt)
@@ -110,11 +122,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--hf_attention", default="sdpa", choices=["sdpa", "eager"], help="HF attn_implementation")
     p.add_argument("--no_hourglass", action="store_true", help="skip our default-Hourglass model")
     p.add_argument("--bf16", action="store_true", help="also time ours and HF under BF16 autocast")
+    p.add_argument("--cuda_graphs", action="store_true", help="also time ours replayed from CUDA graphs (CUDA only)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        p.error("--cuda_graphs needs --device cuda")
     import transformers
 
     cpu = platform.processor() or platform.machine()
@@ -126,6 +141,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         models = {k: m.to(device) for k, m in build_models(name, not args.no_hourglass, args.hf_attention).items()}
         if args.bf16:
             models["ours_bf16"], models["hf_bf16"] = models["ours"], models["hf"]
+        if args.cuda_graphs:
+            from common.cuda_graphs import GraphedInference
+
+            for p_ in models["ours"].parameters():
+                p_.requires_grad_(False)
+            models["ours_graphs"] = GraphedInference(models["ours"])  # captures on first call (a warm-up call)
+            if args.bf16:
+                models["ours_graphs_bf16"] = GraphedInference(models["ours"])
         gen = torch.Generator().manual_seed(1)
         diff = check_same_outputs(models, (0.1 * torch.randn(1, 16000, generator=gen)).to(device))
         print(f"[{name}] ours vs HF max |logit diff| on 1 s of noise: {diff:.2e}")
@@ -147,6 +170,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             extra = f", ours masked-extractor path {1000 * med['ours_masked']:.1f} ms (x{row['masked_over_hf']:.2f})"
             extra += (f", ours+Hourglass {1000 * med['ours_hourglass']:.1f} ms "
                       f"(x{row['hourglass_over_hf']:.2f})") if "ours_hourglass" in med else ""
+            if "ours_graphs" in med:
+                row["ours_graphs_median_ms"] = 1000 * med["ours_graphs"]
+                extra += f", ours CUDA graph {1000 * med['ours_graphs']:.2f} ms (x{med['hf'] / med['ours_graphs']:.2f} HF speed)"
+                if "ours_graphs_bf16" in med:
+                    extra += f", ours CUDA graph BF16 {1000 * med['ours_graphs_bf16']:.2f} ms"
             if args.bf16:
                 row["ours_bf16_over_hf"] = med["ours_bf16"] / med["hf"]
                 row["ours_bf16_over_hf_bf16"] = med["ours_bf16"] / med["hf_bf16"]

@@ -22,23 +22,34 @@ import time
 import torch
 
 from common.optim import OptimizerConfig, build_optimizer
-from wav2vec2 import Wav2Vec2Model, preset
+from wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2Model, preset
 from wav2vec2.checkpoint import hf_config, hf_state_dict
-from wav2vec2.criterion import ContrastiveCriterion
+from wav2vec2.criterion import ContrastiveCriterion, CtcCriterion
 from wav2vec2.masking import compute_mask
 from wav2vec2.negatives import sample_negative_indices
 
 NO_DROP = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0,
                dropout_input=0.0, dropout_features=0.0)
+VOCAB = 32  # LibriSpeech letters
 
 
-def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 10,
+                device: torch.device = torch.device("cpu")) -> float:
+    """Dense matmul FLOP/s of ``n x n`` products (CPU default n=1024; on CUDA pass n=8192)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
+    _sync(device)
     t = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    _sync(device)
     return 2 * n**3 * repeats / (time.perf_counter() - t)
 
 
@@ -54,9 +65,85 @@ def _hf_negatives(neg, mask):
     return out
 
 
+def ours_frames(model, x: torch.Tensor) -> int:
+    inner = getattr(model, "w2v_model", model)
+    return int(inner.output_lengths(torch.tensor([x.shape[1]]))[0])
+
+
+def _pretrain_setup(args, cfg, x, device):
+    """Contrastive pretraining: same mask and negatives for both; tokens = masked frames (the reference's)."""
+    ours = Wav2Vec2Model(cfg).train().to(device)
+    t = ours_frames(ours, x)
+    g_host = torch.Generator().manual_seed(0)
+    mask = compute_mask((args.batch, t), cfg.mask_prob, cfg.mask_length, min_masks=2, generator=g_host)
+    m = int(mask[0].sum())
+    neg = sample_negative_indices(args.batch, m, cfg.num_negatives, generator=g_host)
+    g = torch.Generator(device).manual_seed(0)  # the Gumbel noise is drawn on the model's device
+    mask, neg = mask.to(device), neg.to(device)
+    crit = ContrastiveCriterion(loss_weights=(0.1, 10.0))
+    hf = step_hf = None
+    if not args.skip_hf:
+        import transformers
+
+        plain = cfg.replace(hourglass_transformer=None)
+        hc = {k: v for k, v in hf_config(plain).items() if k != "wav2vec2_trainer_config"}
+        hf = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**hc)).train()
+        if cfg.hourglass is None:
+            hf.load_state_dict(hf_state_dict(ours))
+        hf = hf.to(device)
+        hf_neg = _hf_negatives(neg.cpu(), mask.cpu()).to(device)
+
+        def step_hf():
+            return hf(x, mask_time_indices=mask, sampled_negative_indices=hf_neg).loss
+
+    def step_ours():
+        return crit(ours(x, mask_indices=mask, negative_indices=neg, generator=g))[0]
+
+    return ours, step_ours, hf, step_hf, args.batch * m, "masked frames"
+
+
+def _finetune_setup(args, cfg, x, device):
+    """CTC fine-tuning with the recipe's frozen feature extractor (feature_grad_mult 0 / HF freeze_feature_encoder)
+    and masking off in both (HF draws its SpecAugment masks with numpy, so they could not be the same); the same
+    random letter targets, ``--letters`` per second of audio; tokens = target letters (the reference's ntokens)."""
+    ft_cfg = cfg.replace(feature_grad_mult=0.0, apply_mask=False)
+    ours = Wav2Vec2ForCTC(ft_cfg, VOCAB).train().to(device)
+    n_letters = max(1, int(round(args.letters * args.seconds)))
+    g_host = torch.Generator().manual_seed(0)
+    target = torch.randint(4, VOCAB, (args.batch, n_letters), generator=g_host).to(device)
+    target_lengths = torch.full((args.batch,), n_letters, dtype=torch.long, device=device)
+    crit = CtcCriterion()
+    hf = step_hf = None
+    if not args.skip_hf:
+        import transformers
+
+        plain = ft_cfg.replace(hourglass_transformer=None)
+        hc = {k: v for k, v in hf_config(plain, VOCAB).items() if k != "wav2vec2_trainer_config"}
+        hc["apply_spec_augment"] = False
+        hf = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**hc)).train()
+        if cfg.hourglass is None:
+            hf.load_state_dict(hf_state_dict(ours))
+        hf.freeze_feature_encoder()
+        hf = hf.to(device)
+
+        def step_hf():
+            return hf(x, labels=target).loss
+
+    def step_ours():
+        logits, out_lengths = ours(x, None)
+        return crit(logits, out_lengths, target, target_lengths)[0]
+
+    return ours, step_ours, hf, step_hf, args.batch * n_letters, "target letters"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="pretrain", choices=["pretrain", "finetune"],
+                   help="pretrain: Wav2Vec2ForPreTraining step; finetune: CTC step (Wav2Vec2ForCTC), frozen extractor")
+    p.add_argument("--letters", type=float, default=15.0,
+                   help="finetune: target letters per second of audio (synthetic transcripts; sets the CTC target "
+                        "length and the letters/s figure)")
     p.add_argument("--preset", default="base", choices=["base", "large", "tiny"])
     p.add_argument("--no-hourglass", action="store_true", help="plain stack (fairseq Base)")
     p.add_argument("--batch", type=int, default=4)
@@ -66,7 +153,13 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true", help="ours under BF16 autocast (HF stays FP32 unless --hf-bf16)")
     p.add_argument("--hf-bf16", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (CUDA: timings synchronised, TF32 matmuls "
+                   "for FP32 as the reference's --tf32 recipe, peak memory reported)")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -74,54 +167,38 @@ def main(argv=None) -> int:
     if args.no_hourglass:
         overrides["hourglass_transformer"] = None
     cfg = preset(args.preset, **overrides)
-    ours = Wav2Vec2Model(cfg).train()
-    x = torch.randn(args.batch, int(args.seconds * 16000)) * 0.1
-    t = int(ours.output_lengths(torch.tensor([x.shape[1]]))[0])
-    g = torch.Generator().manual_seed(0)
-    mask = compute_mask((args.batch, t), cfg.mask_prob, cfg.mask_length, min_masks=2, generator=g)
-    m = int(mask[0].sum())
-    neg = sample_negative_indices(args.batch, m, cfg.num_negatives, generator=g)
-    crit = ContrastiveCriterion(loss_weights=(0.1, 10.0))
-    # ours: the trainer's optimizer (torch AdamW with the fused kernel on CPU and CUDA); HF: torch AdamW with
-    # foreach=True, faster than the per-tensor loop the HF Trainer's default "adamw_torch" gets on CPU
-    opt_ours = build_optimizer(ours.parameters(), OptimizerConfig(lr=1e-5))
-
-    hf = opt_hf = None
-    if not args.skip_hf:
-        import transformers
-
-        plain = cfg.replace(hourglass_transformer=None)
-        hc = {k: v for k, v in hf_config(plain).items() if k != "wav2vec2_trainer_config"}
-        hf = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**hc)).train()
-        if cfg.hourglass is None:
-            hf.load_state_dict(hf_state_dict(ours))
-        hf_neg = _hf_negatives(neg, mask)
-        opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-5, foreach=True)
+    x = (torch.randn(args.batch, int(args.seconds * 16000)) * 0.1).to(device)
+    setup = _finetune_setup if args.task == "finetune" else _pretrain_setup
+    ours, step_ours_fwd, hf, step_hf_fwd, tokens, token_name = setup(args, cfg, x, device)
+    opt_ours = build_optimizer([p_ for p_ in ours.parameters() if p_.requires_grad], OptimizerConfig(lr=1e-5))
+    # HF: torch AdamW with foreach=True, faster than the per-tensor loop the HF Trainer's default "adamw_torch" gets
+    opt_hf = (torch.optim.AdamW([p_ for p_ in hf.parameters() if p_.requires_grad], lr=1e-5, foreach=True)
+              if hf is not None else None)
 
     def step_ours():
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else torch.autocast("cpu", enabled=False)
-        with ctx:
-            out = ours(x, mask_indices=mask, negative_indices=neg, generator=g)
-            loss, _, _ = crit(out)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = step_ours_fwd()
         loss.backward()
         opt_ours.step()
         opt_ours.zero_grad(set_to_none=True)
 
     def step_hf():
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if args.hf_bf16 else torch.autocast("cpu", enabled=False)
-        with ctx:
-            out = hf(x, mask_time_indices=mask, sampled_negative_indices=hf_neg)
-            loss = out.loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.hf_bf16):
+            loss = step_hf_fwd()
         loss.backward()
         opt_hf.step()
         opt_hf.zero_grad(set_to_none=True)
+
+    if hf is not None and args.task == "finetune" and cfg.hourglass is None:
+        with torch.no_grad():  # same weights, same batch: the CTC losses (sums over the batch) must agree
+            lo, lh = float(step_ours_fwd()), float(step_hf_fwd())
+        print(f"same-model check: CTC loss ours {lo:.4f}, HF {lh:.4f}")
 
     # FLOPs of one of our steps (forward + backward)
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:
-        out = ours(x, mask_indices=mask, negative_indices=neg, generator=g)
-        crit(out)[0].backward()
+        step_ours_fwd().backward()
     ours.zero_grad(set_to_none=True)
     flops = fc.get_total_flops()
 
@@ -130,28 +207,40 @@ def main(argv=None) -> int:
         if hf is not None:
             step_hf()
     times_ours, times_hf = [], []
+    peak = {}
     for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step_ours()
-        times_ours.append(time.perf_counter() - t0)
-        if hf is not None:
+        for name, step, times in (("ours", step_ours, times_ours), ("HF", step_hf, times_hf)):
+            if name == "HF" and hf is None:
+                continue
+            _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
-            step_hf()
-            times_hf.append(time.perf_counter() - t0)
-    rate = matmul_rate(torch.bfloat16 if args.bf16 else torch.float32)
+            step()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            if device.type == "cuda":
+                peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated(device))
+    rate = matmul_rate(torch.bfloat16 if args.bf16 else torch.float32, n=8192 if device.type == "cuda" else 1024,
+                       device=device)
     med = statistics.median(times_ours)
-    frames = args.batch * t
-    print(f"preset={args.preset} hourglass={cfg.hourglass_transformer} batch={args.batch}x{args.seconds}s "
-          f"frames/step={frames} masked/step={args.batch * m} threads={torch.get_num_threads()} "
+    frames = args.batch * int(ours_frames(ours, x))
+    print(f"task={args.task} preset={args.preset} hourglass={cfg.hourglass_transformer} batch={args.batch}x{args.seconds}s "
+          f"frames/step={frames} {token_name}/step={tokens} threads={torch.get_num_threads()} "
           f"precision={'bf16' if args.bf16 else 'fp32'} optimizer: ours {opt_ours.implementation_name}, "
-          f"HF torch.AdamW(foreach)")
-    print(f"ours: median {med * 1000:.0f} ms/step  {frames / med:,.0f} frames/s  {args.batch * m / med:,.0f} masked frames/s")
+          f"HF torch.AdamW(foreach) device={device}")
+    print(f"ours: median {med * 1000:.0f} ms/step  {frames / med:,.0f} frames/s  {tokens / med:,.0f} {token_name}/s "
+          f"(the reference's ntokens/s)  {args.batch * args.seconds / med:,.1f} s of audio/s")
     print(f"ours: {flops / 1e9:.1f} GFLOP/step (fwd+bwd)  {flops / med / 1e9:.1f} GFLOP/s  "
           f"MFU {flops / med / rate:.1%} of measured {'bf16' if args.bf16 else 'fp32'} matmul {rate / 1e9:.0f} GFLOP/s")
+    if peak:
+        print("peak memory: " + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in peak.items()))
     if hf is not None:
         mh = statistics.median(times_hf)
-        print(f"HF:   median {mh * 1000:.0f} ms/step  {frames / mh:,.0f} frames/s")
-        print(f"ratio (ours throughput / HF throughput): {mh / med:.2f}x")
+        print(f"HF:   median {mh * 1000:.0f} ms/step  {frames / mh:,.0f} frames/s  {tokens / mh:,.0f} {token_name}/s")
+        pairs = sorted(h / o for o, h in zip(times_ours, times_hf))  # each step's ratio: drift hits both alike
+        print(f"ratio (ours throughput / HF throughput): {mh / med:.2f}x of the medians; per alternating step: "
+              f"median {statistics.median(pairs):.2f}x, range {pairs[0]:.2f}-{pairs[-1]:.2f}x over {len(pairs)} steps")
     return 0
 
 

@@ -29,6 +29,7 @@ PREDICTION_FILE=${PREDICTION_FILE-${OUTPUT_DIR}/${VALID_SUBSET}.predictions} # s
 TORCHSCRIPT=${TORCHSCRIPT:-false}
 TORCHSCRIPT_SAVE=${TORCHSCRIPT_SAVE:-false}
 TORCH_COMPILE=${TORCH_COMPILE:-false}
+CUDA_GRAPHS=${CUDA_GRAPHS:-false} # ours: --cuda_graphs (CUDA only)
 LOG_FILE=${LOG_FILE:-$OUTPUT_DIR/nvlog.json}
 TF32=${TF32:-} # ours: true/false -> --tf32
 
@@ -53,6 +54,7 @@ require_int NUM_WARMUP_STEPS 0
 require_bool TORCHSCRIPT
 require_bool TORCHSCRIPT_SAVE
 require_bool TORCH_COMPILE
+require_bool CUDA_GRAPHS
 require_bool_or_empty TF32
 if is_true TORCHSCRIPT_SAVE; then
     die "TORCHSCRIPT_SAVE=true: exporting a TorchScript model is not supported (the reference maps it to a flag" \
@@ -81,6 +83,7 @@ opt_flag PREDICTION_FILE --save_predictions
 opt_flag LOGITS_FILE --save_logits
 bool_flag TORCHSCRIPT --torchscript
 bool_flag TORCH_COMPILE --torch_compile
+bool_flag CUDA_GRAPHS --cuda_graphs
 opt_flag TF32 --tf32
 # the reference's fixed flags: training-time settings without effect on an eval-mode model
 ARGS+=(--mask_prob "$MASK_PROB" --mask_channel_prob "$MASK_CHANNEL_PROB" --skip_invalid_size_inputs_valid_test

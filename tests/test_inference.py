@@ -245,3 +245,10 @@ def test_filelist_without_transcripts_transcribes_only(setup, tmp_path):
     rows = _read_tsv(preds)
     assert len(rows) == 10 and all(r[1] == "" for r in rows[1:])
     assert "eval_wer" not in _wer(str(out))
+
+
+def test_cuda_graphs_need_cuda(setup, capsys):
+    err = _fails(setup, capsys, "graphs_cpu", "--cuda_graphs")
+    assert "--cuda_graphs needs a CUDA device" in err
+    err = _fails(setup, capsys, "graphs_ts", "--cuda_graphs", "--torchscript")
+    assert "--cuda_graphs replays the eager model" in err

@@ -558,6 +558,7 @@ def test_inference_defaults():
         "--apply_mask": True, "--mask_channel_length": "64", "--encoder_layerdrop": "0.1",
         "--activation_dropout": "0.1", "--feature_grad_mult": "0.0", "--fp16": None, "--bf16": None, "--amp": None,
         "--max_duration": None, "--torchscript": None, "--torch_compile": None, "--use_ema": None, "--cpu": None,
+        "--cuda_graphs": None,
     })
     assert "--batch_size=8" in cmd  # the reference's spelling
 
@@ -571,6 +572,7 @@ def test_inference_variables():
               "--steps": "20", "--warmup_steps": "5", "--batch_size": "2", "--seed": "4", "--log_file": "x.json",
               "--valid_subset": "dev-clean"})
     check(flags(command("inference.sh", AMP="true")), {"--amp": True, "--fp16": True})
+    check(flags(command("inference.sh", CUDA_GRAPHS="true")), {"--cuda_graphs": True, "--torch_compile": None})
     check(flags(command("inference.sh", BF16="true")), {"--bf16": True, "--fp16": None})
     check(flags(command("inference.sh", PREDICTION_FILE="")), {"--save_predictions": None})
     check(flags(command("inference.sh", OUTPUT_DIR="o", VALID_SUBSET="dev-clean")),
@@ -728,3 +730,22 @@ def test_end_to_end_inference_and_benchmark(trained, tiny_corpus):
           DATASET_DIR=tiny_corpus, VALID_SUBSET="valid", BATCH_SIZE="4", NUM_REPEATS="1", NUM_WARMUP_REPEATS="1")
     with open(os.path.join(ib, "benchmark_summary.json")) as f:
         assert json.load(f)
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_every_step_on_cpu(tmp_path):
+    """benchmarks/gpu_suite.sh (the one prepared run for a lent GPU) works end to end: QUICK=1 DEVICE=cpu runs the
+    same steps on the tiny preset; every benchmark reports its ratio and the inference rows land in infer.json."""
+    out = tmp_path / "suite"
+    env = dict(os.environ, QUICK="1", DEVICE="cpu", OUT=str(out), PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_suite.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["env.txt", "infer.json", "suite.log", "tests.log"]
+    log = (out / "suite.log").read_text()
+    assert log.count("ratio (ours throughput / HF throughput)") == 4
+    assert "same-model check: CTC loss" in log and "0 step(s) failed" in log
+    assert "passed" in (out / "tests.log").read_text()
+    rows = json.loads((out / "infer.json").read_text())
+    assert rows[0]["preset"] == "tiny" and rows[0]["ours_median_ms"] > 0 and "ours_bf16_over_hf" in rows[0]
+    assert "torch" in (out / "env.txt").read_text()
