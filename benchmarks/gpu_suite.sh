@@ -26,9 +26,10 @@ mkdir -p "$OUT"
 if [[ "${QUICK:-0}" == 1 ]]; then
     PRESET=tiny; PT_BATCH=(--batch 2 --seconds 2); FT_BATCH=(--batch 2 --seconds 2); STEPS=2; REPEATS=3; WARMUP=1
     INFER_BATCHES=(1); STEP_EXTRA=(--threads 1); INFER_EXTRA=(--threads 1 --samples 32000)
+    POSCONV_EXTRA=(--threads 1 --shapes 1x50)
 else
     PRESET=base; PT_BATCH=(--batch 6 --seconds 15.6); FT_BATCH=(--batch 16 --seconds 12.5); STEPS=10; REPEATS=50
-    WARMUP=5; INFER_BATCHES=(1 8); STEP_EXTRA=(); INFER_EXTRA=()
+    WARMUP=5; INFER_BATCHES=(1 8); STEP_EXTRA=(); INFER_EXTRA=(); POSCONV_EXTRA=()
 fi
 GRAPHS=(); [[ "$DEVICE" == cuda* ]] && GRAPHS=(--cuda_graphs)
 
@@ -57,6 +58,8 @@ cp "$OUT/suite.log" "$OUT/tests.log"
 step inference "$PYTHON" benchmarks/inference_latency.py --device "$DEVICE" --presets "$PRESET" \
     --batch_sizes "${INFER_BATCHES[@]}" --repeats "$REPEATS" --warmup "$WARMUP" --bf16 "${GRAPHS[@]}" \
     "${INFER_EXTRA[@]}" --json "$OUT/infer.json"
+step pos-conv-fft "$PYTHON" benchmarks/pos_conv_fft.py --device "$DEVICE" --repeats "$REPEATS" \
+    "${POSCONV_EXTRA[@]}"
 for precision in bf16 fp32; do
     flags=(); [[ $precision == bf16 ]] && flags=(--bf16 --hf-bf16)
     step "pretrain-plain-$precision" "$PYTHON" -m benchmarks.train_step --device "$DEVICE" --preset "$PRESET" \

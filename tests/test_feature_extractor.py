@@ -86,3 +86,68 @@ def test_time_major_masked_group_norm_matches_group_norm_per_utterance(lengths):
     m2, v2 = _time_major_channel_stats(x, lens, chunk=1024)
     torch.testing.assert_close(m1, m2)
     torch.testing.assert_close(v1, v2)
+
+
+# --- the waveform layer without autograd (chunked: conv computed twice, the big output written once) ----------------
+
+
+def _waveform_layer(bias: bool, seed: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    conv = torch.nn.Conv1d(1, 16, 10, stride=5, bias=bias)
+    norm = torch.nn.GroupNorm(16, 16)
+    with torch.no_grad():
+        conv.weight.normal_(0.0, 0.5, generator=g)
+        if bias:
+            conv.bias.normal_(0.0, 1.0, generator=g)
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.uniform_(-0.5, 0.5, generator=g)
+    return conv, norm
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("lengths", [None, [1000, 637, 27]])
+@pytest.mark.parametrize("chunk", [7, 64, 1024])
+def test_waveform_block_no_grad_matches_conv_group_norm_gelu(bias, lengths, chunk):
+    """Oracle: channel-first F.conv1d -> F.group_norm over each utterance's valid frames -> GELU, in float64."""
+    from wav2vec2.feature_extractor import waveform_block_no_grad
+
+    conv, norm = _waveform_layer(bias)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 1000, generator=g) * 0.3 + 0.05  # a DC offset: the statistics see a non-zero mean
+    lens = torch.tensor(lengths) if lengths is not None else None
+    frames = None if lens is None else (lens - 10) // 5 + 1
+    with torch.no_grad():
+        got = waveform_block_no_grad(x.unsqueeze(-1), frames, conv, norm, chunk=chunk)
+    assert got.shape == (3, 199, 16)
+    conv64, norm64 = conv.double(), norm.double()
+    for i in range(3):
+        n = 1000 if lengths is None else lengths[i]
+        y = F.conv1d(x[i: i + 1, None, :n].double(), conv64.weight, conv64.bias, stride=5)
+        ref = F.gelu(F.group_norm(y, 16, norm64.weight, norm64.bias, norm.eps)).transpose(1, 2)
+        torch.testing.assert_close(got[i: i + 1, : ref.shape[1]].double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_block_takes_the_chunked_path_without_autograd_only():
+    """The layer-0 block gives the same result with and without autograd (chunked path vs conv + masked norm),
+    gradients flow on the autograd path, and under BF16 autocast both paths return BF16 close to each other."""
+    from wav2vec2.feature_extractor import ConvBlock
+
+    conv, norm = _waveform_layer(False)
+    block = ConvBlock(conv, norm)
+    x = (torch.randn(2, 800, generator=torch.Generator().manual_seed(6)) * 0.2).unsqueeze(-1)
+    lens = torch.tensor([800, 500])
+    with torch.no_grad():
+        fast, fl = block(x, lens)
+    slow, sl = block(x, lens)
+    assert slow.requires_grad and not fast.requires_grad
+    assert torch.equal(fl, sl)
+    for i, n in enumerate(sl.tolist()):
+        torch.testing.assert_close(fast[i, :n], slow[i, :n].detach(), rtol=1e-5, atol=1e-5)
+    slow.sum().backward()
+    assert conv.weight.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            fast16, _ = block(x, None)
+        slow16, _ = block(x, None)
+    assert fast16.dtype == slow16.dtype == torch.bfloat16
+    torch.testing.assert_close(fast16.float(), slow16.detach().float(), rtol=0.05, atol=0.05)

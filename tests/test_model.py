@@ -459,3 +459,79 @@ def test_bf16_autocast_forward_backward_on_cpu():
         loss, _, log = ContrastiveCriterion()(out)
     loss.backward()
     assert math.isfinite(log["loss"])
+
+
+# --- positional convolution: the inference FFT path -----------------------------------------------------------------
+
+
+def _pos_conv(seed=0, channels=96, kernel=128, groups=16):
+    from wav2vec2.encoder import WeightNormConv1d
+
+    torch.manual_seed(seed)
+    conv = WeightNormConv1d(channels, kernel, groups)
+    with torch.no_grad():
+        conv.bias.normal_()
+        conv.weight_g.mul_(torch.rand_like(conv.weight_g) + 0.5)
+    return conv
+
+
+@pytest.mark.parametrize("batch,frames", [(1, 324), (3, 97), (2, 1), (1, 400), (2, 129)])
+def test_pos_conv_fft_path_matches_grouped_conv1d(batch, frames):
+    """Oracle: F.conv1d (grouped, padding K // 2) in float64. Lengths around the overlap-save block (129 outputs
+    per 256-sample block), shorter than the kernel, and a single frame."""
+    import torch.nn.functional as F
+
+    conv = _pos_conv()
+    x = torch.randn(batch, 96, frames)
+    with torch.no_grad():
+        assert conv._use_fft(x)
+        got = conv(x)
+        ref = F.conv1d(x.double(), conv.weight().double(), conv.bias.double(), padding=64, groups=16)
+    assert got.shape == ref.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_pos_conv_fft_spectrum_follows_parameter_updates():
+    import torch.nn.functional as F
+
+    conv = _pos_conv()
+    x = torch.randn(1, 96, 50)
+    with torch.no_grad():
+        conv(x)
+        conv.weight_g.mul_(2.0)  # in place, as an optimizer step
+        after_step = conv(x)
+        ref = F.conv1d(x, conv.weight(), conv.bias, padding=64, groups=16)
+    torch.testing.assert_close(after_step, ref, rtol=1e-4, atol=1e-4)
+    other = _pos_conv(seed=1)
+    conv.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), other(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pos_conv_trains_through_conv1d_and_autocast_keeps_its_dtype():
+    conv = _pos_conv()
+    x = torch.randn(2, 96, 40, requires_grad=True)
+    assert not conv._use_fft(x)  # autograd: oneDNN's convolution and its backward
+    conv(x).sum().backward()
+    assert conv.weight_v.grad is not None and x.grad is not None
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = conv(x.detach())
+    assert fast.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        slow = conv(x)
+    torch.testing.assert_close(fast.float(), slow.detach().float(), rtol=0.05, atol=0.05)
+
+
+def test_pos_conv_bf16_on_cpu_is_right_for_few_channels_per_group():
+    """torch's CPU BF16 grouped conv1d is wrong for 2-12 channels per group (kernel >= 16): those shapes run in
+    float32. Oracle: float64 F.conv1d; BF16 rounding of the output only."""
+    import torch.nn.functional as F
+
+    conv = _pos_conv(channels=64, kernel=32)  # 4 channels per group
+    x = torch.randn(2, 64, 60, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    ref = F.conv1d(x.detach().double(), conv.weight().detach().double(), conv.bias.detach().double(), padding=16,
+                   groups=16)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.detach().double(), ref, rtol=0.02, atol=0.02 * float(ref.abs().max()))

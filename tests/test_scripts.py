@@ -744,7 +744,7 @@ def test_gpu_suite_runs_every_step_on_cpu(tmp_path):
     assert sorted(os.listdir(out)) == ["env.txt", "infer.json", "suite.log", "tests.log"]
     log = (out / "suite.log").read_text()
     assert log.count("ratio (ours throughput / HF throughput)") == 4
-    assert "same-model check: CTC loss" in log and "0 step(s) failed" in log
+    assert "same-model check: CTC loss" in log and "0 step(s) failed" in log and "FFT relative error" in log
     assert "passed" in (out / "tests.log").read_text()
     rows = json.loads((out / "infer.json").read_text())
     assert rows[0]["preset"] == "tiny" and rows[0]["ours_median_ms"] > 0 and "ours_bf16_over_hf" in rows[0]

@@ -91,6 +91,73 @@ def _time_major_channel_stats(x: torch.Tensor, lengths: Optional[torch.Tensor], 
     return mean, sq / count
 
 
+def waveform_block_no_grad(x: torch.Tensor, lengths: Optional[torch.Tensor], conv: nn.Conv1d, norm: nn.GroupNorm,
+                           chunk: int = 1024) -> torch.Tensor:
+    """``gelu(masked_group_norm(conv(x)))`` for the waveform layer (x: B x L x 1, time-major), without autograd, in
+    chunks of ``chunk`` output frames that stay in cache. ``lengths``: valid FRAMES of the output (or None).
+
+    The layer-0 output of a 6.5 s utterance is 20,799 x 512 floats (43 MB); computed whole, it is written once and
+    read three more times (statistics, normalisation, GELU) from memory. Here each chunk's convolution (a K = 10
+    product, cheap) is computed twice, once for the statistics and once for the output, so the big tensor is
+    written once and never read. Statistics: each chunk's mean and sum of squared deviations, merged exactly
+    (Chan et al.'s pairwise update) in float32, as stable as the two-pass formula. Under autocast the convolution
+    runs in the autocast dtype and the statistics and normalisation in float32, as on the autograd path."""
+    b, n, cin = x.shape
+    cout, _, k = conv.weight.shape
+    s = int(conv.stride[0])
+    t_out = (n - k) // s + 1
+    if t_out < 1:
+        raise ValueError(f"input of {n} frames is shorter than the convolution kernel ({k})")
+    w = conv.weight.permute(2, 1, 0).reshape(k * cin, cout)
+    win = x.unfold(1, k, s)  # B x T_out x C_in x k (a view)
+    bounds = [(i, min(i + chunk, t_out)) for i in range(0, t_out, chunk)]
+
+    def conv_chunk(i: int, j: int) -> torch.Tensor:
+        part = win[:, i:j]
+        part = part.reshape(b, j - i, k) if cin == 1 else part.transpose(2, 3).reshape(b, j - i, k * cin)
+        y = part @ w
+        return y + conv.bias if conv.bias is not None else y
+
+    def valid(i: int, j: int) -> torch.Tensor:  # B x (j - i) x 1
+        return (torch.arange(i, j, device=x.device)[None, :] < lengths[:, None]).float().unsqueeze(-1)
+
+    total = None
+    for i, j in bounds:  # pass 1: statistics, merged chunk by chunk
+        y = conv_chunk(i, j).float()
+        if lengths is None:
+            cnt = torch.full((b, 1, 1), float(j - i), device=x.device)
+            m = y.mean(1, keepdim=True)
+            m2 = (y - m).square_().sum(1, keepdim=True)
+        else:
+            v = valid(i, j)
+            cnt = v.sum(1, keepdim=True)
+            m = (y * v).sum(1, keepdim=True) / cnt.clamp_min(1.0)
+            m2 = ((y - m).square_() * v).sum(1, keepdim=True)
+        if total is None:
+            total, mean, sq = cnt, m, m2
+        else:
+            new_total = total + cnt
+            delta = m - mean
+            frac = cnt / new_total.clamp_min(1.0)
+            mean = mean + delta * frac
+            sq = sq + m2 + delta.square() * total * frac
+            total = new_total
+    var = sq / total.clamp_min(1.0)
+    scale = torch.rsqrt(var + norm.eps)
+    if norm.affine:
+        scale = scale * norm.weight.float().view(1, 1, -1)
+        shift = norm.bias.float().view(1, 1, -1) - mean * scale
+    else:
+        shift = -mean * scale
+    out = None
+    for i, j in bounds:  # pass 2: recompute, normalise, GELU, write once
+        y = conv_chunk(i, j)
+        if out is None:
+            out = torch.empty(b, t_out, cout, dtype=y.dtype, device=x.device)
+        out[:, i:j] = F.gelu(torch.addcmul(shift, y.float(), scale).to(y.dtype))
+    return out
+
+
 def _bmm_into(out: torch.Tensor, a: torch.Tensor, w: torch.Tensor, accumulate: bool) -> None:
     """out (B x T x N, any BLAS-compatible strides) = / += a (B x T x K, rows contiguous) @ w (K x N), no copies."""
     for i in range(a.shape[0]):  # one GEMM per utterance: a and out are strided views that cannot be flattened
@@ -211,10 +278,15 @@ class ConvBlock(nn.Sequential):
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """x: B x T x C_in (time-major) -> (B x T_out x C_out, output lengths or None)."""
         conv = self.conv
+        norm = self.norm
+        if (isinstance(norm, nn.GroupNorm) and conv.in_channels * conv.kernel_size[0] <= 64 and x.device.type == "cpu"
+                and not torch.is_grad_enabled() and not torch.jit.is_tracing()):  # (GPU: fewer, larger kernels win)
+            if lengths is not None:
+                lengths = conv_out_length(lengths, conv.kernel_size[0], conv.stride[0])
+            return waveform_block_no_grad(x, lengths, conv, norm), lengths
         x = conv1d_time_major(x, conv.weight, conv.bias, conv.stride[0])
         if lengths is not None:
             lengths = conv_out_length(lengths, conv.kernel_size[0], conv.stride[0])
-        norm = self.norm
         if norm is not None:
             if isinstance(norm, nn.GroupNorm):
                 x = masked_group_norm(x, lengths, norm, fp32=True, time_dim=1)  # statistics in float32
