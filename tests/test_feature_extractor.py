@@ -151,3 +151,43 @@ def test_conv_block_takes_the_chunked_path_without_autograd_only():
         slow16, _ = block(x, None)
     assert fast16.dtype == slow16.dtype == torch.bfloat16
     torch.testing.assert_close(fast16.float(), slow16.detach().float(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("lengths", [None, [2100, 1500, 3]])
+def test_time_major_group_norm_backward_matches_autograd_of_the_formula(lengths):
+    """The hand-written backward of the time-major channel norm (chunked, no full-size temporaries) against autograd
+    through the textbook masked formula in float64; 2100 frames span three 1024-frame chunks; padded frames get
+    outputs (and so gradients) too; gradcheck on a small case."""
+    from wav2vec2.feature_extractor import masked_group_norm
+
+    g = torch.Generator().manual_seed(7)
+    norm = torch.nn.GroupNorm(5, 5).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.uniform_(-0.5, 0.5, generator=g)
+    x = (torch.randn(3, 2100, 5, generator=g, dtype=torch.float64) * 2 + 3).requires_grad_(True)
+    dy = torch.randn(3, 2100, 5, generator=g, dtype=torch.float64)
+    lens = torch.tensor(lengths) if lengths is not None else None
+    got = masked_group_norm(x, lens, norm, fp32=False, time_dim=1)
+    gx, gw, gb = torch.autograd.grad(got, (x, norm.weight, norm.bias), dy)
+
+    valid = torch.ones(3, 2100, 1, dtype=torch.float64) if lens is None else \
+        (torch.arange(2100)[None, :] < lens[:, None]).double().unsqueeze(-1)
+    n = valid.sum(1, keepdim=True)
+    mean = (x * valid).sum(1, keepdim=True) / n
+    var = ((x - mean).square() * valid).sum(1, keepdim=True) / n
+    ref = (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    rx, rw, rb = torch.autograd.grad(ref, (x, norm.weight, norm.bias), dy)
+    torch.testing.assert_close(gx, rx, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gw, rw, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gb, rb, rtol=1e-9, atol=1e-9)
+
+    small = torch.randn(2, 9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(3, generator=g, dtype=torch.float64, requires_grad=True)
+    from wav2vec2.feature_extractor import _TimeMajorChannelNorm
+
+    small_lens = None if lengths is None else torch.tensor([9, 4])
+    assert torch.autograd.gradcheck(lambda a, ww, bb: _TimeMajorChannelNorm.apply(a, small_lens, ww, bb, 1e-5),
+                                    (small, w, b))

@@ -46,7 +46,9 @@ def masked_group_norm(
     t = xf.shape[time_dim]
     chan = (1, -1, 1) if time_dim == -1 else (1, 1, -1)  # broadcast shape of per-channel parameters
     if time_dim == 1 and not torch.jit.is_tracing():  # (the chunk loop would be unrolled for one length)
-        mean, var = _time_major_channel_stats(xf, lengths)
+        weight = norm.weight.to(xf.dtype) if norm.affine else None
+        bias = norm.bias.to(xf.dtype) if norm.affine else None
+        return _TimeMajorChannelNorm.apply(xf, lengths, weight, bias, norm.eps).to(dtype)
     elif lengths is None:
         var, mean = torch.var_mean(xf, dim=time_dim, keepdim=True, correction=0)
     else:
@@ -63,6 +65,63 @@ def masked_group_norm(
     else:
         shift = -mean * scale
     return torch.addcmul(shift, xf, scale).to(dtype)
+
+
+class _TimeMajorChannelNorm(torch.autograd.Function):
+    """Per-utterance, per-channel normalisation of a time-major x (B x T x C) with statistics over the valid frames
+    (``lengths``; None: all), then ``* weight + bias``; every frame is normalised. Forward and backward each read
+    the big tensors a few times in cache-sized chunks; autograd through the chunked statistics instead slices x
+    into ~25 pieces whose backward each zero-fills and adds a full-size gradient (measured: 1.18 s against 0.42 s
+    for ``var_mean`` and ~0.1 s for this, Base layer 0, 2 x 8 s, forward + backward).
+
+    Backward (n valid frames, g = dy * weight, d = x - mean, r = rstd, v = 1 on valid frames):
+    dx = r * g + v * (-r * sum(g) / n - r^3 * d * sum(g * d) / n), sums over all frames (padded frames' outputs
+    depend on the statistics too); dweight = sum(dy * d * r); dbias = sum(dy) (sums over batch and frames)."""
+
+    @staticmethod
+    def forward(ctx, x, lengths, weight, bias, eps):  # type: ignore[override]
+        mean, var = _time_major_channel_stats(x, lengths)
+        rstd = torch.rsqrt(var + eps)
+        scale = rstd * weight.view(1, 1, -1) if weight is not None else rstd
+        shift = -mean * scale
+        if bias is not None:
+            shift = shift + bias.view(1, 1, -1)
+        ctx.save_for_backward(x, mean, rstd, weight, lengths)
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        return torch.addcmul(shift, x, scale)
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, mean, rstd, weight, lengths = ctx.saved_tensors
+        b, t, c = x.shape
+        dy = dy.contiguous()
+        chunks = [(i, min(i + 1024, t)) for i in range(0, t, 1024)]
+        sum_dy = torch.zeros_like(mean)  # B x 1 x C
+        sum_dy_d = torch.zeros_like(mean)
+        for i, j in chunks:  # per-utterance sums over ALL frames, in cache
+            g = dy[:, i:j]
+            sum_dy += g.sum(1, keepdim=True)
+            sum_dy_d += (g * (x[:, i:j] - mean)).sum(1, keepdim=True)
+        w = weight.view(1, 1, -1) if weight is not None else torch.ones_like(mean)
+        count = (lengths.to(x.dtype).clamp_min(1.0).view(b, 1, 1) if lengths is not None
+                 else torch.full((b, 1, 1), float(t), dtype=x.dtype, device=x.device))
+        a = rstd * w  # dx = a * dy + v * (coef_x * x + coef_0)
+        coef_x = -(rstd ** 3) * w * sum_dy_d / count
+        coef_0 = -a * sum_dy / count - coef_x * mean
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(x)
+            for i, j in chunks:
+                out = grad_x[:, i:j]
+                if lengths is None:
+                    torch.addcmul(coef_0, x[:, i:j], coef_x, out=out)
+                else:
+                    valid = (torch.arange(i, j, device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
+                    torch.mul(torch.addcmul(coef_0, x[:, i:j], coef_x), valid.unsqueeze(-1), out=out)
+                out.addcmul_(dy[:, i:j], a)
+        grad_w = (sum_dy_d * rstd).sum((0, 1)) if ctx.has_weight and ctx.needs_input_grad[2] else None
+        grad_b = sum_dy.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return grad_x, None, grad_w, grad_b, None
 
 
 def _time_major_channel_stats(x: torch.Tensor, lengths: Optional[torch.Tensor], chunk: int = 1024
@@ -154,7 +213,12 @@ def waveform_block_no_grad(x: torch.Tensor, lengths: Optional[torch.Tensor], con
         y = conv_chunk(i, j)
         if out is None:
             out = torch.empty(b, t_out, cout, dtype=y.dtype, device=x.device)
-        out[:, i:j] = F.gelu(torch.addcmul(shift, y.float(), scale).to(y.dtype))
+        dst = out[:, i:j]
+        if y.dtype == torch.float32:
+            torch.addcmul(shift, y, scale, out=dst)
+        else:
+            dst.copy_(torch.addcmul(shift, y.float(), scale))
+        torch.ops.aten.gelu_(dst)  # in place: no chunk-sized temporary to copy
     return out
 
 
