@@ -49,6 +49,9 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     )
     p.add_argument("mode", choices=["pretrain", "finetune"])
     add_common_args(p)
+    p.add_argument("--torch_compile", action="store_true",
+                   help="(ours) torch.compile each transformer layer (dynamic shapes: one graph for all lengths); "
+                        "on CPU inductor needs a C++ compiler; the first updates compile")
     add_dropout_and_masking_args(p)
     if mode == "pretrain":
         add_pretraining_args(p)
@@ -165,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model.to(env.device)
     print_fn(f"Model size: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params")
+    if args.torch_compile:
+        from common.compile import compile_blocks
+        from wav2vec2.encoder import TransformerLayer
+
+        print_fn(f"torch.compile: {compile_blocks(model, (TransformerLayer,))} transformer layers (compiled at first use)")
     if hasattr(model, "layerdrop_seed"):
         model.layerdrop_seed = args.seed
     elif hasattr(model, "w2v_model"):

@@ -153,6 +153,9 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true", help="ours under BF16 autocast (HF stays FP32 unless --hf-bf16)")
     p.add_argument("--hf-bf16", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="ours with each transformer layer torch.compile'd (train.py --torch_compile); compiled in the "
+                        "warm-up steps")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (CUDA: timings synchronised, TF32 matmuls "
                    "for FP32 as the reference's --tf32 recipe, peak memory reported)")
     args = p.parse_args(argv)
@@ -201,6 +204,14 @@ def main(argv=None) -> int:
         step_ours_fwd().backward()
     ours.zero_grad(set_to_none=True)
     flops = fc.get_total_flops()
+    if args.compile:
+        from common.compile import compile_blocks
+        from wav2vec2.encoder import TransformerLayer
+
+        t0 = time.perf_counter()
+        n = compile_blocks(ours, (TransformerLayer,))
+        step_ours()
+        print(f"compiled {n} transformer layers; first step (compiling) {time.perf_counter() - t0:.1f} s")
 
     for _ in range(2):
         step_ours()
@@ -227,7 +238,7 @@ def main(argv=None) -> int:
     frames = args.batch * int(ours_frames(ours, x))
     print(f"task={args.task} preset={args.preset} hourglass={cfg.hourglass_transformer} batch={args.batch}x{args.seconds}s "
           f"frames/step={frames} {token_name}/step={tokens} threads={torch.get_num_threads()} "
-          f"precision={'bf16' if args.bf16 else 'fp32'} optimizer: ours {opt_ours.implementation_name}, "
+          f"precision={'bf16' if args.bf16 else 'fp32'}{' compiled' if args.compile else ''} optimizer: ours {opt_ours.implementation_name}, "
           f"HF torch.AdamW(foreach) device={device}")
     print(f"ours: median {med * 1000:.0f} ms/step  {frames / med:,.0f} frames/s  {tokens / med:,.0f} {token_name}/s "
           f"(the reference's ntokens/s)  {args.batch * args.seconds / med:,.1f} s of audio/s")
