@@ -12,7 +12,7 @@
 #   TRAIN_MINUTES   [60]   unlabelled pretraining audio       FT_SUBSET [train]  labelled fine-tuning list (1 h)
 #   PT_UPDATES      [1200] pretraining updates                FT_UPDATES [1600]       fine-tuning updates
 #   PT_LR           [0.001]                                   FT_LR      [0.002]
-#                   (pretraining at 0.002 collapsed the transformer in 3 runs of 4; 0.001 took off in 4 of 4: docs/RESULTS.md)
+#                   (pretraining at 0.002 collapsed the transformer in 3 runs of 4; 0.001 did not in 5 of 5: docs/RESULTS.md)
 #   MAX_TOKENS      [300000] samples per batch                 THREADS    [all cores]
 #   SEED            [1]    seed of pretraining and fine-tuning (init, masks, negatives, batch order)
 #   HOURGLASS       []     e.g. "[1,(2,2),1]": pretrain the tiny model with a Hourglass encoder
