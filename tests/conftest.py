@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 # one thread per test process: the CI machine has 2 cores and DDP tests start several processes
@@ -18,6 +17,8 @@ LETTERS = "ABCDE"
 def make_corpus(root: str, n_train: int = 16, n_valid: int = 8, seed: int = 0, min_s: float = 0.8,
                 max_s: float = 1.6) -> str:
     """<root>/{train,valid}.{tsv,ltr,wrd} + dict.ltr.txt; each word is a letter sequence, each letter a tone."""
+    import soundfile as sf  # here, not at the top: the GPU suite runs CUDA tests where soundfile may be missing
+
     rng = np.random.default_rng(seed)
     os.makedirs(root, exist_ok=True)
     freqs = {c: 300.0 + 180.0 * i for i, c in enumerate(LETTERS)}
