@@ -65,6 +65,9 @@ class GraphedInference:
             raise ValueError(f"CUDA graphs need a model on a CUDA device (the model is on {device})")
         if not torch.cuda.is_available():
             raise ValueError("CUDA graphs need CUDA, which is not available")
+        if any(p.requires_grad for p in params):
+            raise ValueError("CUDA graphs replay an inference forward: switch the parameters' requires_grad off "
+                             "(autocast would cache low-precision weight copies inside the graph's memory)")
         if pad_to < 0 or max_graphs < 1 or warmup < 1:
             raise ValueError(f"need pad_to >= 0, max_graphs >= 1, warmup >= 1 (got {pad_to}, {max_graphs}, {warmup})")
         self.model = model
@@ -113,7 +116,8 @@ class GraphedInference:
                 self.model(static_source, static_lengths)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: allocations by other threads (the data loader's pin-memory thread) cannot invalidate it
+        with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             logits, out_lengths = self.model(static_source, static_lengths)
         torch.cuda.synchronize(self.device)
         self.capture_seconds += time.perf_counter() - t0

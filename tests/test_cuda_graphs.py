@@ -118,6 +118,8 @@ def test_capture_graphs_plans_one_graph_per_batch_shape(monkeypatch):
 
 
 def _cuda_model(name="tiny"):
+    torch.backends.cudnn.allow_tf32 = False  # FP32 comparisons at 1e-4: no TF32 convolutions / matmuls
+    torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     model = Wav2Vec2ForCTC(preset(name, **NO_DROP), 32).eval().cuda()
     model.w2v_model.feature_extractor.mask_padding = True
@@ -156,6 +158,30 @@ def test_padding_buckets_share_graphs_and_keep_results():
         assert frames == ref.shape[1]
         torch.testing.assert_close(got[:, :frames], ref, rtol=1e-4, atol=1e-4)
     assert graphed.num_graphs == 2  # 16000 and 20000 samples
+
+
+@cuda
+def test_forward_with_lengths_never_synchronises():
+    """What capture needs, checked directly: no host-device synchronisation in the padded-batch forward."""
+    model = _cuda_model()
+    x = 0.1 * torch.randn(2, 20000, device="cuda")
+    lengths = torch.tensor([20000, 13000], device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad():
+            model(x, lengths)
+            model(x, None)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+def test_graphs_refuse_parameters_that_require_grad():
+    model = _cuda_model()
+    next(model.parameters()).requires_grad_(True)
+    with pytest.raises(ValueError, match="requires_grad"):
+        GraphedInference(model)
 
 
 @cuda

@@ -383,6 +383,8 @@ class Wav2Vec2ForCTC(nn.Module):
         if frame_lengths is not None:
             pad = lengths_to_padding_mask(frame_lengths, logits.shape[1])
             forced = torch.full((logits.shape[-1],), float("-inf"), dtype=logits.dtype, device=logits.device)
-            forced[self.blank_index] = 0.0
+            # fill_ on a view, not ``forced[i] = 0.0``: assigning a number to a 0-dim CUDA element copies a CPU
+            # tensor to the GPU and synchronises, which CUDA-graph capture refuses
+            forced.narrow(0, self.blank_index, 1).fill_(0.0)
             logits = torch.where(pad[..., None], forced, logits)
         return logits, frame_lengths
