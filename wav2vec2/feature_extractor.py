@@ -182,7 +182,7 @@ def waveform_block_no_grad(x: torch.Tensor, lengths: Optional[torch.Tensor], con
         part = win[:, i:j]
         part = part.reshape(b, j - i, k) if cin == 1 else part.transpose(2, 3).reshape(b, j - i, k * cin)
         y = part @ w
-        return y + conv.bias if conv.bias is not None else y
+        return y + conv.bias.to(y.dtype) if conv.bias is not None else y
 
     def valid(i: int, j: int) -> torch.Tensor:  # B x (j - i) x 1
         return (torch.arange(i, j, device=x.device)[None, :] < lengths[:, None]).float().unsqueeze(-1)
@@ -314,7 +314,7 @@ def conv1d_time_major(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
         win = x.unfold(1, k, s)  # B x T_out x C_in x k (a view)
         win = win.reshape(b, t_out, k) if cin == 1 else win.transpose(2, 3).reshape(b, t_out, k * cin)
         out = win @ w
-        return out + bias if bias is not None else out
+        return out + bias.to(out.dtype) if bias is not None else out  # (autocast: stay in its dtype)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):  # cast once here instead of inside every product
         dtype = torch.get_autocast_dtype(device_type)
