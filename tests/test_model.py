@@ -535,3 +535,21 @@ def test_pos_conv_bf16_on_cpu_is_right_for_few_channels_per_group():
                    groups=16)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.detach().double(), ref, rtol=0.02, atol=0.02 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_fast"])
+def test_activation_in_bf16_equals_float32_computation_bitwise(name):
+    """fairseq computes GELU in float32 and casts back; ours skips the casts for bfloat16 inputs because torch's
+    kernel computes in float32 internally. Oracle: the explicit casts, forward and backward, bit for bit."""
+    import torch.nn.functional as F
+
+    from wav2vec2.layers import get_activation
+
+    act = get_activation(name)
+    approx = "none" if name == "gelu" else "tanh"
+    x = (torch.randn(64, 300, generator=torch.Generator().manual_seed(8)) * 3).bfloat16().requires_grad_(True)
+    dy = torch.randn(64, 300, generator=torch.Generator().manual_seed(9)).bfloat16()
+    got = act(x)
+    ref = F.gelu(x.float(), approximate=approx).to(torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, ref)
+    assert torch.equal(torch.autograd.grad(got, x, dy)[0], torch.autograd.grad(ref, x, dy)[0])
