@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common.distributed import synchronize  # noqa: E402
 from wav2vec2 import Wav2Vec2ForCTC, preset  # noqa: E402
 from wav2vec2.checkpoint import hf_config, hf_state_dict  # noqa: E402
 
@@ -88,11 +89,6 @@ def check_same_outputs(models: Dict[str, torch.nn.Module], x: torch.Tensor) -> f
     return float((a - b).abs().max())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_alternating(models: Dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, warmup: int
                      ) -> Dict[str, List[float]]:
     fns = {tag: forward_fn(tag, m, x) for tag, m in models.items()}
@@ -100,10 +96,10 @@ def time_alternating(models: Dict[str, torch.nn.Module], x: torch.Tensor, repeat
     with torch.inference_mode():
         for i in range(warmup + repeats):
             for tag, fn in fns.items():
-                _sync(x.device)
+                synchronize(x.device)
                 t = time.perf_counter()
                 fn()
-                _sync(x.device)
+                synchronize(x.device)
                 dt = time.perf_counter() - t
                 if i >= warmup:
                     times[tag].append(dt)
@@ -154,8 +150,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"[{name}] ours vs HF max |logit diff| on 1 s of noise: {diff:.2e}")
         for bsz in args.batch_sizes:
             x = (0.1 * torch.randn(bsz, args.samples, generator=gen)).to(device)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
             times = time_alternating(models, x, args.repeats, args.warmup)
             med = {tag: statistics.median(v) for tag, v in times.items()}
             row = {"preset": name, "batch_size": bsz, "samples": args.samples, "repeats": args.repeats,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common.distributed import synchronize  # noqa: E402
 from wav2vec2.encoder import WeightNormConv1d  # noqa: E402
 
 
@@ -36,10 +37,6 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     conv = WeightNormConv1d(768, 128, 16).to(device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     print(f"torch {torch.__version__}, device {device}, threads {args.threads}")
     for shape in args.shapes.split(","):
         b, t = (int(v) for v in shape.split("x"))
@@ -52,10 +49,10 @@ def main(argv=None) -> int:
             err = float((conv._forward_fft(x).double() - ref).abs().max() / ref.abs().max())
             for i in range(2 + args.repeats):
                 for k, f in fns.items():
-                    sync()
+                    synchronize(device)
                     t0 = time.perf_counter()
                     f()
-                    sync()
+                    synchronize(device)
                     if i >= 2:
                         times[k].append(time.perf_counter() - t0)
         med = {k: 1000 * statistics.median(v) for k, v in times.items()}

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from common.distributed import synchronize
 from common.optim import OptimizerConfig, build_optimizer
 from wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2Model, preset
 from wav2vec2.checkpoint import hf_config, hf_state_dict
@@ -33,11 +34,6 @@ NO_DROP = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encod
 VOCAB = 32  # LibriSpeech letters
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 10,
                 device: torch.device = torch.device("cpu")) -> float:
     """Dense matmul FLOP/s of ``n x n`` products (CPU default n=1024; on CUDA pass n=8192)."""
@@ -45,11 +41,11 @@ def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int 
     b = torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
-    _sync(device)
+    synchronize(device)
     t = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    _sync(device)
+    synchronize(device)
     return 2 * n**3 * repeats / (time.perf_counter() - t)
 
 
@@ -223,12 +219,12 @@ def main(argv=None) -> int:
         for name, step, times in (("ours", step_ours, times_ours), ("HF", step_hf, times_hf)):
             if name == "HF" and hf is None:
                 continue
-            _sync(device)
+            synchronize(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
             step()
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - t0)
             if device.type == "cuda":
                 peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated(device))

@@ -16,6 +16,7 @@ Model-agnostic: nothing here knows about wav2vec 2.0.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -104,8 +105,6 @@ class GraphedInference:
         return source, lengths
 
     def _capture(self, sig: Signature, source: torch.Tensor, lengths: Optional[torch.Tensor]) -> _Graph:
-        import time
-
         t0 = time.perf_counter()
         static_source = source.clone()
         static_lengths = lengths.clone() if lengths is not None else None

@@ -41,6 +41,14 @@ def select_device(cpu: bool = False, device: Optional[str] = None, local_rank: i
     return torch.device("cpu")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): before reading a clock around device work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "xpu" and hasattr(torch, "xpu"):
+        torch.xpu.synchronize(device)
+
+
 def init_distributed(cpu: bool = False, device: Optional[str] = None) -> DistEnv:
     """Read torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK) and initialise the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

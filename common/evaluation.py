@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.distributed import synchronize
 from common.metrics import ctc_greedy_collapse, edit_distance, latency_statistics, word_error_rate
 
 __all__ = [
@@ -269,13 +270,6 @@ def throughput_statistics(timings: Dict[str, List[float]], utterances: int, audi
 # ----------------------------------------------------------------------------------------------- the loop
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "xpu" and hasattr(torch, "xpu"):
-        torch.xpu.synchronize(device)
-
-
 def _cycle(loader: Iterable[Dict[str, Any]], cyclic: bool) -> Iterator[Dict[str, Any]]:
     while True:
         empty = True
@@ -316,7 +310,7 @@ def run_ctc_evaluation(model: Callable[..., Tuple[torch.Tensor, Optional[torch.T
         if not batch:
             continue
         batch = _move(batch, device)
-        _synchronize(device)
+        synchronize(device)
         t1 = clock()
         lengths_in = batch["lengths"]
         if settings.unpadded_fast_path and bool((lengths_in == batch["source"].shape[1]).all()):
@@ -325,7 +319,7 @@ def run_ctc_evaluation(model: Callable[..., Tuple[torch.Tensor, Optional[torch.T
             logits, out_lengths = model(batch["source"], lengths_in)
         log_probs = F.log_softmax(logits.float(), dim=-1).contiguous()
         preds = log_probs.argmax(dim=-1)
-        _synchronize(device)
+        synchronize(device)
         t2 = clock()
         bsz = int(batch["source"].shape[0])
         lengths = batch["lengths"].cpu()
@@ -357,7 +351,7 @@ def run_ctc_evaluation(model: Callable[..., Tuple[torch.Tensor, Optional[torch.T
         if progress is not None:
             desc = "warmup" if settings.warmup_steps > 0 and it < settings.warmup_steps else "inference"
             progress.update(1, desc=desc)
-        _synchronize(device)
+        synchronize(device)
         t0 = clock()
     result.iterations = min(it + 1, total) if total else 0
     if progress is not None:

@@ -100,9 +100,9 @@ class WeightNormConv1d(nn.Module):
     def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
         """The same grouped convolution (padding K // 2) by overlap-save FFT in float32: blocks of ``fft_block``
         samples, each giving ``fft_block - K + 1`` outputs; per frequency, one (C/g x C/g) complex product per
-        group. For the Base shape (768 channels, K = 128, 16 groups) this is 4x (6.5 s, batch 1) to 11x (batch 8)
-        faster than oneDNN's direct grouped convolution on the 2-core CPU, relative error ~4e-7
-        (benchmarks/pos_conv_fft.py)."""
+        group. For the Base shape (768 channels, K = 128, 16 groups) this is 4.6x (6.5 s, batch 1), 5.1x (batch 8)
+        and 8.7x (35 s) faster than oneDNN's direct grouped convolution on the 2-core CPU, relative error ~2e-7
+        (``python benchmarks/pos_conv_fft.py``)."""
         b, c, t = x.shape
         k = self.weight_v.shape[-1]
         block = self.fft_block

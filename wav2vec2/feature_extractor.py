@@ -31,6 +31,16 @@ from .layers import Fp32GroupNorm, Fp32LayerNorm, TransposeLast, conv_out_length
 __all__ = ["ConvFeatureExtractor", "ConvBlock", "masked_group_norm", "conv1d_time_major"]
 
 
+def _fold_norm(mean: torch.Tensor, var: torch.Tensor, eps: float, weight: Optional[torch.Tensor],
+               bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rstd, scale, shift)`` with ``(x - mean) * rstd * weight + bias == x * scale + shift``: normalisation and
+    affine folded into one multiply-add over the big tensor (``weight`` / ``bias`` shaped to broadcast, or None)."""
+    rstd = torch.rsqrt(var + eps)
+    scale = rstd * weight if weight is not None else rstd
+    shift = bias - mean * scale if bias is not None else -mean * scale
+    return rstd, scale, shift
+
+
 def masked_group_norm(
     x: torch.Tensor, lengths: Optional[torch.Tensor], norm: nn.GroupNorm, fp32: bool = True, time_dim: int = -1
 ) -> torch.Tensor:
@@ -57,13 +67,9 @@ def masked_group_norm(
         count = valid.sum(time_dim, keepdim=True).clamp_min(1.0)
         mean = (xf * valid).sum(time_dim, keepdim=True) / count
         var = ((xf - mean).square_() * valid).sum(time_dim, keepdim=True) / count  # biased, as GroupNorm
-    # fold normalisation and affine into one multiply-add over the big tensor: y = x * scale + shift
-    scale = torch.rsqrt(var + norm.eps)
-    if norm.affine:
-        scale = scale * norm.weight.to(scale.dtype).view(chan)
-        shift = norm.bias.to(scale.dtype).view(chan) - mean * scale
-    else:
-        shift = -mean * scale
+    weight = norm.weight.to(var.dtype).view(chan) if norm.affine else None
+    bias = norm.bias.to(var.dtype).view(chan) if norm.affine else None
+    _, scale, shift = _fold_norm(mean, var, norm.eps, weight, bias)
     return torch.addcmul(shift, xf, scale).to(dtype)
 
 
@@ -81,11 +87,8 @@ class _TimeMajorChannelNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lengths, weight, bias, eps):  # type: ignore[override]
         mean, var = _time_major_channel_stats(x, lengths)
-        rstd = torch.rsqrt(var + eps)
-        scale = rstd * weight.view(1, 1, -1) if weight is not None else rstd
-        shift = -mean * scale
-        if bias is not None:
-            shift = shift + bias.view(1, 1, -1)
+        rstd, scale, shift = _fold_norm(mean, var, eps, weight.view(1, 1, -1) if weight is not None else None,
+                                        bias.view(1, 1, -1) if bias is not None else None)
         ctx.save_for_backward(x, mean, rstd, weight, lengths)
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         return torch.addcmul(shift, x, scale)
@@ -95,8 +98,7 @@ class _TimeMajorChannelNorm(torch.autograd.Function):
         x, mean, rstd, weight, lengths = ctx.saved_tensors
         b, t, c = x.shape
         dy = dy.contiguous()
-        step = _chunk_frames(x, t)
-        chunks = [(i, min(i + step, t)) for i in range(0, t, step)]
+        chunks = _frame_chunks(t, _chunk_frames(x, t))
         sum_dy = torch.zeros_like(mean)  # B x 1 x C
         sum_dy_d = torch.zeros_like(mean)
         for i, j in chunks:  # per-utterance sums over ALL frames, in cache
@@ -117,8 +119,7 @@ class _TimeMajorChannelNorm(torch.autograd.Function):
                 if lengths is None:
                     torch.addcmul(coef_0, x[:, i:j], coef_x, out=out)
                 else:
-                    valid = (torch.arange(i, j, device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
-                    torch.mul(torch.addcmul(coef_0, x[:, i:j], coef_x), valid.unsqueeze(-1), out=out)
+                    torch.mul(torch.addcmul(coef_0, x[:, i:j], coef_x), _valid_frames(lengths, i, j, x.dtype), out=out)
                 out.addcmul_(dy[:, i:j], a)
         grad_w = (sum_dy_d * rstd).sum((0, 1)) if ctx.has_weight and ctx.needs_input_grad[2] else None
         grad_b = sum_dy.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
@@ -130,6 +131,16 @@ def _chunk_frames(x: torch.Tensor, t: int) -> int:
     return 1024 if x.device.type == "cpu" else max(1, t)
 
 
+def _frame_chunks(t: int, chunk: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering frames 0..t in pieces of ``chunk``."""
+    return [(i, min(i + chunk, t)) for i in range(0, t, chunk)]
+
+
+def _valid_frames(lengths: torch.Tensor, i: int, j: int, dtype: torch.dtype) -> torch.Tensor:
+    """B x (j - i) x 1: 1 on frames i..j-1 that lie inside each utterance (``lengths`` valid frames), else 0."""
+    return (torch.arange(i, j, device=lengths.device)[None, :] < lengths[:, None]).to(dtype).unsqueeze(-1)
+
+
 def _time_major_channel_stats(x: torch.Tensor, lengths: Optional[torch.Tensor], chunk: Optional[int] = None
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-utterance, per-channel mean and biased variance over the valid frames of x (B x T x C), each B x 1 x C.
@@ -138,23 +149,37 @@ def _time_major_channel_stats(x: torch.Tensor, lengths: Optional[torch.Tensor], 
     temporaries stay in cache: ``torch.var_mean`` over the frame axis of a time-major tensor is a strided reduction
     and took ~46 ms for a 6.5 s utterance's 20,799 x 512 layer-0 output on the 2-core CPU, this ~10 ms."""
     b, t, _ = x.shape
-    chunk = chunk or _chunk_frames(x, t)
-    chunks = [(i, min(i + chunk, t)) for i in range(0, t, chunk)]
-
-    def valid(i: int, j: int) -> torch.Tensor:  # B x (j - i) x 1: 1 on the frames inside each utterance
-        return (torch.arange(i, j, device=x.device)[None, :] < lengths[:, None]).to(x.dtype).unsqueeze(-1)
+    chunks = _frame_chunks(t, chunk or _chunk_frames(x, t))
 
     if lengths is None:
         count = torch.full((b, 1, 1), float(t), dtype=x.dtype, device=x.device)
         mean = x.sum(1, keepdim=True) / count
     else:
         count = lengths.to(x.dtype).clamp_min(1.0).view(b, 1, 1)
-        mean = sum((x[:, i:j] * valid(i, j)).sum(1, keepdim=True) for i, j in chunks) / count
+        mean = sum((x[:, i:j] * _valid_frames(lengths, i, j, x.dtype)).sum(1, keepdim=True) for i, j in chunks) / count
     sq = torch.zeros_like(mean)
     for i, j in chunks:
         d = (x[:, i:j] - mean).square()
-        sq = sq + (d if lengths is None else d * valid(i, j)).sum(1, keepdim=True)
+        sq = sq + (d if lengths is None else d * _valid_frames(lengths, i, j, x.dtype)).sum(1, keepdim=True)
     return mean, sq / count
+
+
+NARROW_CONV_WIDTH = 64  # C_in * k up to this (the waveform layer): one product over an unfolded copy
+
+
+def _narrow_conv_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, start: int,
+                        stop: int) -> torch.Tensor:
+    """Output frames ``start..stop-1`` of the time-major convolution of a narrow input (``C_in * k <=
+    NARROW_CONV_WIDTH``) as one product over the unfolded input frames (autograd-friendly; the waveform needs no
+    gradient). x: B x T x C_in; returns B x (stop - start) x C_out."""
+    b, _, cin = x.shape
+    cout, _, k = weight.shape
+    w = weight.permute(2, 1, 0).reshape(k * cin, cout)  # w[j*C_in + c, o] = weight[o, c, j]
+    win = x.unfold(1, k, stride)[:, start:stop]  # B x n x C_in x k (a view)
+    n = stop - start
+    win = win.reshape(b, n, k) if cin == 1 else win.transpose(2, 3).reshape(b, n, k * cin)
+    out = win @ w
+    return out + bias.to(out.dtype) if bias is not None else out  # (autocast: stay in its dtype)
 
 
 def waveform_block_no_grad(x: torch.Tensor, lengths: Optional[torch.Tensor], conv: nn.Conv1d, norm: nn.GroupNorm,
@@ -168,24 +193,16 @@ def waveform_block_no_grad(x: torch.Tensor, lengths: Optional[torch.Tensor], con
     written once and never read. Statistics: each chunk's mean and sum of squared deviations, merged exactly
     (Chan et al.'s pairwise update) in float32, as stable as the two-pass formula. Under autocast the convolution
     runs in the autocast dtype and the statistics and normalisation in float32, as on the autograd path."""
-    b, n, cin = x.shape
+    b, n, _ = x.shape
     cout, _, k = conv.weight.shape
     s = int(conv.stride[0])
     t_out = (n - k) // s + 1
     if t_out < 1:
         raise ValueError(f"input of {n} frames is shorter than the convolution kernel ({k})")
-    w = conv.weight.permute(2, 1, 0).reshape(k * cin, cout)
-    win = x.unfold(1, k, s)  # B x T_out x C_in x k (a view)
-    bounds = [(i, min(i + chunk, t_out)) for i in range(0, t_out, chunk)]
+    bounds = _frame_chunks(t_out, chunk)
 
     def conv_chunk(i: int, j: int) -> torch.Tensor:
-        part = win[:, i:j]
-        part = part.reshape(b, j - i, k) if cin == 1 else part.transpose(2, 3).reshape(b, j - i, k * cin)
-        y = part @ w
-        return y + conv.bias.to(y.dtype) if conv.bias is not None else y
-
-    def valid(i: int, j: int) -> torch.Tensor:  # B x (j - i) x 1
-        return (torch.arange(i, j, device=x.device)[None, :] < lengths[:, None]).float().unsqueeze(-1)
+        return _narrow_conv_frames(x, conv.weight, conv.bias, s, i, j)
 
     total = None
     for i, j in bounds:  # pass 1: statistics, merged chunk by chunk
@@ -195,7 +212,7 @@ def waveform_block_no_grad(x: torch.Tensor, lengths: Optional[torch.Tensor], con
             m = y.mean(1, keepdim=True)
             m2 = (y - m).square_().sum(1, keepdim=True)
         else:
-            v = valid(i, j)
+            v = _valid_frames(lengths, i, j, torch.float32)
             cnt = v.sum(1, keepdim=True)
             m = (y * v).sum(1, keepdim=True) / cnt.clamp_min(1.0)
             m2 = ((y - m).square_() * v).sum(1, keepdim=True)
@@ -209,12 +226,8 @@ def waveform_block_no_grad(x: torch.Tensor, lengths: Optional[torch.Tensor], con
             sq = sq + m2 + delta.square() * total * frac
             total = new_total
     var = sq / total.clamp_min(1.0)
-    scale = torch.rsqrt(var + norm.eps)
-    if norm.affine:
-        scale = scale * norm.weight.float().view(1, 1, -1)
-        shift = norm.bias.float().view(1, 1, -1) - mean * scale
-    else:
-        shift = -mean * scale
+    _, scale, shift = _fold_norm(mean, var, norm.eps, norm.weight.float().view(1, 1, -1) if norm.affine else None,
+                                 norm.bias.float().view(1, 1, -1) if norm.affine else None)
     out = None
     for i, j in bounds:  # pass 2: recompute, normalise, GELU, write once
         y = conv_chunk(i, j)
@@ -297,7 +310,7 @@ def conv1d_time_major(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     Write k = q * stride + r. Output frame t reads input frames [t*s, t*s + k): q blocks of ``stride`` consecutive
     frames, which are rows of the zero-copy view x[:, j*s : j*s + T_out*s] -> B x T_out x (s*C_in), plus r single
     frames (a strided view). So the convolution is q (+ r) matrix products with slices of the re-ordered weight,
-    no im2col copy. Narrow inputs (C_in * k <= 64, the waveform layer) use one product over an unfolded copy.
+    no im2col copy. Narrow inputs (the waveform layer) use one product over an unfolded copy.
     """
     if torch.jit.is_tracing():  # shapes are traced values here: keep the graph length-generic with conv1d
         return F.conv1d(x.transpose(1, 2), weight, bias, stride=stride).transpose(1, 2)
@@ -309,12 +322,8 @@ def conv1d_time_major(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     t_out = (t - k) // s + 1
     if t_out < 1:
         raise ValueError(f"input of {t} frames is shorter than the convolution kernel ({k})")
-    if cin * k <= 64:  # the waveform layer: one product over an unfolded copy (autograd; its input needs no grad)
-        w = weight.permute(2, 1, 0).reshape(k * cin, cout)  # w[j*C_in + c, o] = weight[o, c, j]
-        win = x.unfold(1, k, s)  # B x T_out x C_in x k (a view)
-        win = win.reshape(b, t_out, k) if cin == 1 else win.transpose(2, 3).reshape(b, t_out, k * cin)
-        out = win @ w
-        return out + bias.to(out.dtype) if bias is not None else out  # (autocast: stay in its dtype)
+    if cin * k <= NARROW_CONV_WIDTH:  # the waveform layer
+        return _narrow_conv_frames(x, weight, bias, s, 0, t_out)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):  # cast once here instead of inside every product
         dtype = torch.get_autocast_dtype(device_type)
@@ -350,14 +359,12 @@ class ConvBlock(nn.Sequential):
         """x: B x T x C_in (time-major) -> (B x T_out x C_out, output lengths or None)."""
         conv = self.conv
         norm = self.norm
-        if (isinstance(norm, nn.GroupNorm) and conv.in_channels * conv.kernel_size[0] <= 64 and x.device.type == "cpu"
-                and not torch.is_grad_enabled() and not torch.jit.is_tracing()):  # (GPU: fewer, larger kernels win)
-            if lengths is not None:
-                lengths = conv_out_length(lengths, conv.kernel_size[0], conv.stride[0])
-            return waveform_block_no_grad(x, lengths, conv, norm), lengths
-        x = conv1d_time_major(x, conv.weight, conv.bias, conv.stride[0])
         if lengths is not None:
             lengths = conv_out_length(lengths, conv.kernel_size[0], conv.stride[0])
+        if (isinstance(norm, nn.GroupNorm) and conv.in_channels * conv.kernel_size[0] <= NARROW_CONV_WIDTH
+                and x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.jit.is_tracing()):
+            return waveform_block_no_grad(x, lengths, conv, norm), lengths  # (GPU: fewer, larger kernels win)
+        x = conv1d_time_major(x, conv.weight, conv.bias, conv.stride[0])
         if norm is not None:
             if isinstance(norm, nn.GroupNorm):
                 x = masked_group_norm(x, lengths, norm, fp32=True, time_dim=1)  # statistics in float32
