@@ -252,3 +252,5 @@ def test_cuda_graphs_need_cuda(setup, capsys):
     assert "--cuda_graphs needs a CUDA device" in err
     err = _fails(setup, capsys, "graphs_ts", "--cuda_graphs", "--torchscript")
     assert "--cuda_graphs replays the eager model" in err
+    err = _fails(setup, capsys, "graphs_pad", "--cuda_graphs", "--cuda_graph_pad", "-1")
+    assert "--cuda_graph_pad must be >= 0" in err
