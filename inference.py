@@ -6,9 +6,9 @@
     torchrun --nproc_per_node 8 inference.py ...           # each rank evaluates a shard; rank 0 reports
 
 Flags: the reference's (common + fine-tuning + inference groups) plus ``--max_duration``, ``--torch_compile``,
-``--use_ema`` (``--device`` / ``--cpu`` are common flags) and the beam-search decoder's (``--lexicon``, ``--lm_path``,
-``--beam``, ...: lexicon-constrained CTC beam search with a word n-gram LM instead of greedy decoding). See
-docs/INFERENCE.md.
+``--use_ema`` (``--device`` / ``--cpu`` are common flags), the beam-search decoder's (``--lexicon``, ``--lm_path``,
+``--beam``, ...: lexicon-constrained CTC beam search with a word n-gram LM instead of greedy decoding) and chunked
+inference of long audio (``--chunk_seconds``, ``--chunk_overlap_seconds``). See docs/INFERENCE.md.
 """
 
 from __future__ import annotations
@@ -19,12 +19,16 @@ import logging
 import os
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import torch
 
 from common.args import add_common_args, add_inference_args, non_negative_float, positive_int
 from wav2vec2.args import add_dropout_and_masking_args, add_finetuning_args
+
+if TYPE_CHECKING:
+    from common.chunking import ChunkingConfig
+    from common.evaluation import EvalResult
 
 LOG = logging.getLogger("inference")
 
@@ -52,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --cuda_graphs: round batch lengths up to a multiple of this many samples (the padding "
                         "is masked, results unchanged) so that few graphs cover a corpus; 0 = exact shapes")
     g.add_argument("--use_ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    g.add_argument("--chunk_seconds", type=float, default=None,
+                   help="long audio: run each utterance longer than this many seconds as overlapping windows of "
+                        "this length and stitch their frame logits (bounds the memory of a forward); None: every "
+                        "utterance runs whole (the reference)")
+    g.add_argument("--chunk_overlap_seconds", type=float, default=None,
+                   help="with --chunk_seconds: seconds (rounded to 20 ms frames) shared by consecutive windows; each "
+                        "window drops half of it at each inner edge. None: a quarter of --chunk_seconds")
     g.add_argument("--transcribe_wav", default=None, help=argparse.SUPPRESS)
     g.add_argument("--transcribe_filelist", default=None, help=argparse.SUPPRESS)
     g.add_argument("--lexicon", default=None,
@@ -181,6 +192,29 @@ def capture_graphs(model: torch.nn.Module, batch_sizes: Sequence[Sequence[int]],
     return graphed
 
 
+def _chunking(args: argparse.Namespace, model: torch.nn.Module) -> Optional["ChunkingConfig"]:
+    """The ``ChunkingConfig`` of --chunk_seconds/--chunk_overlap_seconds for ``model`` (None: off); its forwards
+    keep the batch limits (--batch_size windows, --max_duration seconds of padded audio)."""
+    if args.chunk_seconds is None:
+        return None
+    from common.chunking import ChunkingConfig, FrameGeometry
+
+    try:
+        return ChunkingConfig.from_seconds(args.chunk_seconds, args.chunk_overlap_seconds,
+                                           FrameGeometry.from_model(model), sample_rate=args.sample_rate,
+                                           batch_size=args.batch_size, max_duration=args.max_duration)
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
+
+
+def _chunking_line(chunking: "ChunkingConfig", result: "EvalResult") -> str:
+    """The summary line of chunked inference: how many utterances ran in several windows."""
+    counts = result.chunking_counts()
+    return (f"Chunked inference: {counts['chunked_utterances']} of {len(result.utterances)} utterances longer than "
+            f"{chunking.window_samples / chunking.sample_rate:g} s ran in {counts['chunk_windows']} windows "
+            f"({chunking.describe()})")
+
+
 def _build_decoder(args: argparse.Namespace, dictionary, verbose: bool = True):
     """The beam-search decoder of --lexicon/--lm_path (None: greedy decoding); every input error is an
     InferenceError naming the file."""
@@ -267,7 +301,8 @@ def run(args: argparse.Namespace) -> int:
     from common.data import open_split
     from common.data.errors import DataError
     from common.distributed import init_distributed, shutdown
-    from common.evaluation import (EvalSettings, build_eval_loader, gather_results, plan_batches,
+    from common.chunking import check_chunk_flags
+    from common.evaluation import (EvalSettings, build_eval_loader, forward_batches, gather_results, plan_batches,
                                    run_ctc_evaluation, shard_batches, write_logits, write_predictions)
     from common.logging import build_logger, inference_metadata
     from common.progress import Progress
@@ -285,6 +320,10 @@ def run(args: argparse.Namespace) -> int:
         raise InferenceError("give --batch_size (utterances per batch) or --max_duration (seconds per batch)")
     if args.steps < 0 or args.warmup_steps < 0:
         raise InferenceError("--steps and --warmup_steps must be >= 0")
+    try:
+        check_chunk_flags(args.chunk_seconds, args.chunk_overlap_seconds)
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
 
     env = init_distributed(cpu=args.cpu, device=args.device)
     device = env.device
@@ -304,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
     dictionary = _dictionary(args, loaded.labels, vocab)
     if args.blank_weight != 0.0:
         model.cfg = model.cfg.replace(blank_weight=args.blank_weight, blank_mode=args.blank_mode)
+    chunking = _chunking(args, model)
     separator = dictionary.indices.get("|")
     if separator is None:
         LOG.warning("the dictionary has no word separator '|': each utterance is scored as one word")
@@ -349,14 +389,14 @@ def run(args: argparse.Namespace) -> int:
 
     model = prepare_model(model, device, torchscript=args.torchscript, torch_compile=args.torch_compile)
     if args.cuda_graphs:
-        model = capture_graphs(model, [[dataset.sizes[i] for i in b] for b in shard], args.cuda_graph_pad,
-                               policy.autocast, verbose=env.is_main)
+        shapes = [sizes for b in shard for sizes in forward_batches([dataset.sizes[i] for i in b], chunking)]
+        model = capture_graphs(model, shapes, args.cuda_graph_pad, policy.autocast, verbose=env.is_main)
     settings = EvalSettings(
         symbols=dictionary.symbols, word_separator=separator, blank=dictionary.blank, steps=args.steps,
         warmup_steps=args.warmup_steps, keep_log_probs=(bool(args.save_logits) or decoder is not None)
         and args.steps == 0,
         autocast=policy.autocast, sample_rate=args.sample_rate, unpadded_fast_path=not args.torchscript,
-        progress=Progress(total=None, desc="inference", unit="batch", enabled=env.is_main),
+        progress=Progress(total=None, desc="inference", unit="batch", enabled=env.is_main), chunking=chunking,
     )
     settings.progress.total = settings.num_iterations(len(shard))
     result = run_ctc_evaluation(model, loader, settings, device=device, batches_per_pass=len(shard))
@@ -383,6 +423,8 @@ def run(args: argparse.Namespace) -> int:
             summary["decode_time_s"] = decode_s
             if decoded_audio_s > 0:
                 summary["decoder_rtf"] = decode_s / decoded_audio_s
+        if chunking is not None:
+            summary.update(result.chunking_counts())
         logger.log((), summary)
         logger.flush()
         names = dataset.manifest.files
@@ -404,6 +446,8 @@ def run(args: argparse.Namespace) -> int:
             if counts["utterances"] and counts["empty_predictions"] == counts["utterances"]:
                 print("WARNING: every prediction is empty (blank-only CTC output): the model is not fine-tuned "
                       "enough, or the dictionary / blank index does not match the model (PITFALLS #11)")
+        if chunking is not None:
+            print(_chunking_line(chunking, result))
         if "decoder_rtf" in summary:
             print(f"Beam search ({args.decoder_backend}): {summary['decode_time_s']:.2f} s for {decoded_audio_s:.1f} s "
                   f"of audio, {1000.0 * summary['decoder_rtf']:.1f} ms per second of audio"

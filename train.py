@@ -134,6 +134,16 @@ def build_loaders(args, cfg, dictionary, env):
     return train_loader, valid_loader
 
 
+def health_config(args: argparse.Namespace, latent_groups: int) -> HealthConfig:
+    """The run's health checks. A non-finite training loss is handled by the trainer (``--on_nonfinite_loss``:
+    ``skip`` drops the update and keeps its NaN out of the logs, ``stop`` raises), so the monitor only warns about
+    one (e.g. in validation) unless the run is to stop."""
+    return HealthConfig(latent_groups=latent_groups, on_collapse=args.on_collapse, on_blank_only=args.on_collapse,
+                        on_non_finite="stop" if args.on_nonfinite_loss == "stop" else "warn",
+                        min_grad_norm=args.min_grad_norm, min_contrastive_loss=args.min_contrastive_loss,
+                        patience=args.health_patience)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     env = init_distributed(cpu=args.cpu, device=args.device)
@@ -204,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     logger = build_logger(args.output_dir, args.log_file, rank=env.rank, metadata=training_metadata())
     logger.log_parameters({k: v for k, v in vars(args).items()})
     tensorboard = TensorBoardLogger(args.output_dir, rank=env.rank)
-    health = HealthMonitor(args.mode, HealthConfig(
-        latent_groups=cfg.latent_groups, on_collapse=args.on_collapse, on_blank_only=args.on_collapse))
+    tensorboard.log_hparams(vars(args))  # once, like the reference (str/bool/int/float values)
+    health = HealthMonitor(args.mode, health_config(args, cfg.latent_groups))
 
     labels_text = dictionary.to_text() if dictionary is not None else None
 
@@ -223,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             no_save=args.no_save, seed=args.seed, epochs_this_job=args.epochs_this_job,
             updates_this_job=args.updates_this_job,
             benchmark_epochs_num=args.benchmark_epochs_num, ema=args.ema, on_nonfinite_loss=args.on_nonfinite_loss,
+            allow_data_plan_change=args.allow_data_plan_change,
             best_metric="wer" if args.mode == "finetune" else "loss",
         ),
         model=model, task=task, optimizer=optimizer, scheduler=scheduler, precision=precision, scaler=scaler,
@@ -230,13 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         logger=logger, env=env, tensorboard=tensorboard, checkpoint_extra=checkpoint_extra, health=health,
         print_fn=print_fn,
     )
-    if resumed is not None:
-        print_fn(f"Resuming from {resumed[0]}")
-        trainer.load_state_dict(resumed[1], source=resumed[0])
-    elif args.ckpt:
-        print_fn(f"Loading checkpoint {args.ckpt}")
-        trainer.load_state_dict(read_checkpoint(args.ckpt), source=args.ckpt)
     try:
+        try:
+            if resumed is not None:
+                print_fn(f"Resuming from {resumed[0]}")
+                trainer.load_state_dict(resumed[1], source=resumed[0])
+            elif args.ckpt:
+                print_fn(f"Loading checkpoint {args.ckpt}")
+                trainer.load_state_dict(read_checkpoint(args.ckpt), source=args.ckpt)
+        except (CheckpointError, RuntimeError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         trainer.fit()
     finally:
         logger.close() if hasattr(logger, "close") else None

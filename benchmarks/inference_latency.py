@@ -52,7 +52,7 @@ def build_models(name: str, hourglass: bool, attn: str, seed: int = 0) -> Dict[s
     torch.manual_seed(seed)
     plain_cfg = preset(name, hourglass_transformer=None, **NO_DROP)
     ours = Wav2Vec2ForCTC(plain_cfg, VOCAB).eval()
-    d = {k: v for k, v in hf_config(plain_cfg, VOCAB).items() if k != "wav2vec2_trainer_config"}
+    d = hf_config(plain_cfg, VOCAB, transformers_only=True)
     hf = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**d, attn_implementation=attn)).eval()
     missing, unexpected = hf.load_state_dict(hf_state_dict(ours), strict=False)
     if missing or unexpected:

@@ -82,7 +82,7 @@ def _pretrain_setup(args, cfg, x, device):
         import transformers
 
         plain = cfg.replace(hourglass_transformer=None)
-        hc = {k: v for k, v in hf_config(plain).items() if k != "wav2vec2_trainer_config"}
+        hc = hf_config(plain, transformers_only=True)
         hf = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**hc)).train()
         if cfg.hourglass is None:
             hf.load_state_dict(hf_state_dict(ours))
@@ -114,7 +114,7 @@ def _finetune_setup(args, cfg, x, device):
         import transformers
 
         plain = ft_cfg.replace(hourglass_transformer=None)
-        hc = {k: v for k, v in hf_config(plain, VOCAB).items() if k != "wav2vec2_trainer_config"}
+        hc = hf_config(plain, VOCAB, transformers_only=True)
         hc["apply_spec_augment"] = False
         hf = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**hc)).train()
         if cfg.hourglass is None:

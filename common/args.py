@@ -3,14 +3,21 @@
 Names and defaults are the reference's (REFERENCE.md §8.1); model flags live in ``wav2vec2/args.py``. Flags that the
 reference parses with ``type=bool`` (any non-empty string is True there) are parsed properly here: ``true/false``,
 ``1/0``, ``yes/no``.
+
+:class:`CompatFlag` / :func:`add_compat_flags` accept reference flags whose feature we do not implement: a user's
+reference command line parses, the reference's default value is accepted, and any other value stops at parse time
+with an error naming the flag (docs/DEVIATIONS.md lists each one).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["str2bool", "add_common_args", "add_inference_args", "positive_int", "non_negative_float"]
+__all__ = ["str2bool", "add_common_args", "add_inference_args", "positive_int", "non_negative_float", "CompatFlag",
+           "add_compat_flags"]
 
 
 def str2bool(value: str) -> bool:
@@ -40,6 +47,56 @@ def non_negative_float(value: str) -> float:
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative number, got {value!r}")
     return v
+
+
+@dataclass(frozen=True)
+class CompatFlag:
+    """A reference flag accepted for compatibility.
+
+    Attributes:
+        name: the option string, e.g. ``"--quantize_input"``.
+        default: its parsed default (the reference's, unless docs/DEVIATIONS.md says otherwise).
+        type: the value parser; ``bool`` makes a switch (``--flag`` alone means True, ``--flag false`` is accepted).
+        accepted: the values we support; ``None``: any value (the flag has no effect here, as in the reference).
+        note: what we do instead; shown by ``-h`` and, for a refused value, in the error message.
+    """
+
+    name: str
+    default: Any
+    type: Callable[[str], Any]
+    accepted: Optional[tuple] = None
+    note: str = ""
+
+
+class _CompatAction(argparse.Action):
+    """Stores the value after checking it against the flag's ``accepted`` values (``parser.error`` otherwise)."""
+
+    def __init__(self, option_strings, dest, spec: CompatFlag, **kwargs):
+        self.spec = spec
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        spec = self.spec
+        if spec.accepted is not None and values not in spec.accepted:
+            allowed = ", ".join(str(v) for v in spec.accepted)
+            given = option_string if spec.type is bool and values is True else f"{option_string} {values}"
+            parser.error(f"{given} is not supported: {spec.note} (accepted: {allowed}; see docs/DEVIATIONS.md)")
+        setattr(namespace, self.dest, values)
+
+
+def add_compat_flags(group, flags: Sequence[CompatFlag]) -> None:
+    """Register every :class:`CompatFlag` of ``flags`` on ``group`` (a parser or an argument group)."""
+    for spec in flags:
+        kwargs: dict = dict(default=spec.default, action=_CompatAction, spec=spec)
+        if spec.type is bool:
+            kwargs.update(type=str2bool, nargs="?", const=True)
+        else:
+            kwargs.update(type=spec.type)
+        if spec.accepted is None:
+            kwargs["help"] = spec.note
+        else:
+            kwargs["help"] = f"{spec.note}; accepted: {', '.join(str(v) for v in spec.accepted)}"
+        group.add_argument(spec.name, **kwargs)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +129,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                    help="also save a resumable checkpoint every N updates (0: epoch ends only)")
     g.add_argument("--keep_milestones", type=int, nargs="*", default=[100, 200, 300, 400],
                    help="update numbers whose nearest checkpoints are kept")
+    g.add_argument("--allow_data_plan_change", action="store_true",
+                   help="resume although the world size, seed, manifest or batch settings changed: the saved epoch "
+                        "goes on from the same fraction of its new batches (default: refuse, as the position would "
+                        "not be exact)")
 
     g = parser.add_argument_group("precision")
     g.add_argument("--amp", action="store_true", help="accepted for compatibility; --fp16/--bf16 select the precision")
@@ -85,8 +146,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fp32_cosine_sim", action="store_true", help="contrastive cosine similarity in float32")
     g.add_argument("--fp32_pos_conv", action="store_true", help="positional convolution in float32")
     g.add_argument("--fp32_conv_norms", action="store_true", help="feature-extractor norms in float32")
-    g.add_argument("--mha", default="pyt", choices=["fairseq", "pyt"],
-                   help="accepted for compatibility; attention always runs through SDPA with fairseq key names")
+    g.add_argument("--mha", default="fairseq", choices=["fairseq", "pyt"],
+                   help="the reference's attention implementation switch (recipes: pyt); both values run the same "
+                        "attention here (SDPA, fairseq parameter names), so the flag has no effect")
 
     g = parser.add_argument_group("dataset")
     g.add_argument("--data", default="/workspace/fairseq/librispeech", help="directory with <subset>.tsv/.ltr/dict files")
@@ -129,6 +191,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                    help="what to do with an update whose loss is NaN/inf")
     g.add_argument("--on_collapse", default="warn", choices=["warn", "stop"],
                    help="what to do when pretraining collapse or blank-only CTC output is detected")
+    g.add_argument("--min_grad_norm", type=non_negative_float, default=0.0,
+                   help="pretraining: a gradient norm below this for --health_patience log steps is a collapse "
+                        "sign (0: off)")
+    g.add_argument("--min_contrastive_loss", type=non_negative_float, default=0.01,
+                   help="pretraining: a contrastive loss (bits per masked frame) at or below this is the loss floor "
+                        "of a collapsed run (0: off)")
+    g.add_argument("--health_patience", type=positive_int, default=3,
+                   help="consecutive log steps a collapse / blank-only sign must persist before it is acted on")
 
 
 def add_inference_args(parser: argparse.ArgumentParser) -> None:

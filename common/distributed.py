@@ -1,8 +1,10 @@
 """Process-group set-up for ``torchrun`` (nccl on GPU, gloo on CPU) and gradient all-reduce.
 
 Gradients are summed across ranks explicitly after the last micro-batch of an update (no DDP module wrapper):
-parameters that a rank did not use (LayerDrop, a frozen encoder, ``feature_grad_mult 0``) simply contribute zeros,
-so no ``find_unused_parameters`` pass is ever needed and accumulation never communicates.
+parameters that a rank did not use (LayerDrop, a frozen encoder, ``feature_grad_mult 0``) contribute zeros, so no
+``find_unused_parameters`` pass is ever needed and accumulation never communicates. A parameter that NO rank used
+keeps ``grad = None``, as on one rank (and as DDP leaves globally unused parameters), so the optimizer skips it:
+no weight decay or momentum step for a layer that LayerDrop dropped everywhere.
 """
 
 from __future__ import annotations
@@ -63,13 +65,22 @@ def init_distributed(cpu: bool = False, device: Optional[str] = None) -> DistEnv
 
 
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter], world_size: int, bucket_mb: float = 32.0) -> None:
-    """Sum every parameter's gradient over ranks (missing gradients count as zeros), in flat buckets."""
+    """Sum every parameter's gradient over ranks in flat buckets. A gradient missing on some ranks counts as zeros
+    there; one missing on every rank stays None."""
     if world_size <= 1:
         return
     params = [p for p in params if p.requires_grad]
-    for p in params:
-        if p.grad is None:
+    if not params:
+        return
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    dist.all_reduce(used, op=dist.ReduceOp.SUM)
+    globally_used = used.cpu().tolist()
+    for p, n in zip(params, globally_used):
+        if n == 0:
+            p.grad = None
+        elif p.grad is None:
             p.grad = torch.zeros_like(p)
+    params = [p for p in params if p.grad is not None]
     limit = int(bucket_mb * 2**20)
     bucket: list[torch.Tensor] = []
     size = 0

@@ -15,6 +15,9 @@ Typical use (``inference.py`` does this)::
 
 Results do not depend on the batching: decoding is per utterance on its valid frames only, and utterances are
 reported in filelist order whatever order the batches ran in.
+
+Long audio (``EvalSettings.chunking``, off by default): utterances longer than a window run as overlapping windows
+whose logits are stitched back into the whole utterance's frames (``common.chunking``; docs/INFERENCE.md).
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.chunking import ChunkingConfig, Window
 from common.distributed import synchronize
 from common.metrics import ctc_greedy_collapse, edit_distance, latency_statistics, word_error_rate
 
 __all__ = [
     "plan_batches",
     "shard_batches",
+    "forward_batches",
+    "chunked_forward",
     "build_eval_loader",
     "EvalSettings",
     "UtteranceResult",
@@ -132,6 +138,64 @@ def build_eval_loader(dataset: Any, batches: Sequence[Sequence[int]], num_worker
     )
 
 
+# ----------------------------------------------------------------------------------------------- chunked forward
+
+
+def _window_groups(plans: Sequence[Sequence[Window]], chunking: ChunkingConfig) -> List[List[Tuple[int, Window]]]:
+    """The windows of a batch's utterances, as ``(row, window)``, grouped into forwards by :func:`plan_batches` with
+    the chunking's limits (``max_duration``: longest first, padded audio within the budget; ``batch_size``: at most
+    that many windows, in utterance order)."""
+    pieces = [(row, w) for row, plan in enumerate(plans) for w in plan]
+    groups = plan_batches([w.num_samples for _, w in pieces], batch_size=chunking.batch_size,
+                          max_duration=chunking.max_duration, sample_rate=chunking.sample_rate)
+    return [[pieces[i] for i in group] for group in groups]
+
+
+def forward_batches(sizes: Sequence[int], chunking: Optional[ChunkingConfig]) -> List[List[int]]:
+    """The input sample counts of each model call that :func:`run_ctc_evaluation` makes for a batch of utterances of
+    ``sizes`` samples: the batch itself, or its window groups when chunking applies to it (CUDA-graph capture)."""
+    if chunking is None or not any(chunking.is_long(n) for n in sizes):
+        return [[int(n) for n in sizes]]
+    groups = _window_groups([chunking.plan(n) for n in sizes], chunking)
+    return [[w.num_samples for _, w in group] for group in groups]
+
+
+def _padded_logits(rows: int, frames: int, like: torch.Tensor, blank: int) -> torch.Tensor:
+    """rows x frames x V logits of padded frames as the CTC model writes them: blank 0, every other class -inf."""
+    out = like.new_full((rows, frames, like.shape[-1]), float("-inf"))
+    out[..., blank] = 0.0
+    return out
+
+
+def chunked_forward(model: Callable[..., Tuple[torch.Tensor, Optional[torch.Tensor]]], source: torch.Tensor,
+                    lengths: Sequence[int], chunking: ChunkingConfig, blank: int = 0,
+                    unpadded_fast_path: bool = True) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """A batch's logits with long utterances run as windows (``common.chunking``) and stitched back together.
+
+    ``source``: B x S zero-padded waveforms on the model's device; ``lengths``: valid samples per row (host ints).
+    Every row's windows (one window over all of it when the row is not longer than a window) are grouped into model
+    calls by :func:`plan_batches`; a call whose windows all have one length runs without lengths when
+    ``unpadded_fast_path``, as the unchunked loop does. Returns ``(logits B x T x V, out_lengths B, windows per
+    row)``: row ``b`` has ``num_frames(lengths[b])`` valid frames (the whole-utterance forward's count), each taken
+    from exactly one window; frames past it are padded-frame logits."""
+    plans = [chunking.plan(n) for n in lengths]
+    frames = [chunking.geometry.num_frames(n) for n in lengths]
+    out: Optional[torch.Tensor] = None
+    for group in _window_groups(plans, chunking):
+        sizes = [w.num_samples for _, w in group]
+        inputs = source.new_zeros(len(group), max(sizes))
+        for j, (row, w) in enumerate(group):
+            inputs[j, : w.num_samples] = source[row, w.start: w.stop]
+        same_length = unpadded_fast_path and len(set(sizes)) == 1
+        logits, _ = model(inputs, None if same_length else torch.tensor(sizes, device=source.device))
+        if out is None:
+            out = _padded_logits(len(lengths), max(frames), logits, blank)
+        for j, (row, w) in enumerate(group):
+            out[row, w.keep_start: w.keep_stop] = logits[j, w.kept]
+    assert out is not None  # every row has at least one window
+    return out, torch.tensor(frames, device=source.device), [len(plan) for plan in plans]
+
+
 # ----------------------------------------------------------------------------------------------- decoding
 
 
@@ -166,6 +230,8 @@ class EvalSettings:
             the masked GroupNorm of the extractor (per-utterance statistics over valid frames) then equals the
             plain fused GroupNorm, which is ~2x faster on CPU for the first conv layer. Disable for models whose
             forward needs ``lengths`` even without padding.
+        chunking: chunked inference of long utterances (``common.chunking``); None (default): every utterance
+            runs whole. A batch without an utterance longer than the window runs exactly as without chunking.
     """
 
     symbols: Sequence[str]
@@ -178,6 +244,7 @@ class EvalSettings:
     progress: Any = None
     sample_rate: int = 16000
     unpadded_fast_path: bool = True
+    chunking: Optional[ChunkingConfig] = None
 
     @property
     def first_timed(self) -> int:
@@ -196,6 +263,7 @@ class UtteranceResult:
     pred_ids: List[int] = field(default_factory=list)  # collapsed greedy ids
     ref_ids: Optional[List[int]] = None
     log_probs: Optional[torch.Tensor] = None  # T_i x V float32 (valid frames only)
+    windows: int = 1  # forwards the utterance ran in (> 1: chunked, EvalSettings.chunking)
 
 
 @dataclass
@@ -232,6 +300,11 @@ class EvalResult:
         empty = sum(1 for u in self.utterances if not u.pred_ids)
         return {"w_errs": w_errs, "w_len": w_len, "c_errs": c_errs, "c_len": c_len,
                 "utterances": len(self.utterances), "empty_predictions": empty}
+
+    def chunking_counts(self) -> Dict[str, int]:
+        """Utterances that ran in several windows (chunked inference) and the number of those windows."""
+        chunked = [u for u in self.utterances if u.windows > 1]
+        return {"chunked_utterances": len(chunked), "chunk_windows": sum(u.windows for u in chunked)}
 
     def summary(self, batch_latency: bool = True) -> Dict[str, float]:
         """dllogger values (step ()): ``eval_wer``/``eval_uer`` (%, WER mode with references) plus counts, the
@@ -284,6 +357,22 @@ def _move(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def _forward(model: Callable[..., Tuple[torch.Tensor, Optional[torch.Tensor]]], batch: Dict[str, Any],
+             host_lengths: Optional[List[int]], settings: EvalSettings
+             ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[List[int]]]:
+    """``(logits, out_lengths, windows per row or None)`` of one batch: the chunked forward when chunking is on and
+    some utterance of the batch is longer than a window, else the plain model call (unpadded fast path included)."""
+    chunking = settings.chunking
+    if chunking is not None and host_lengths is not None and any(chunking.is_long(n) for n in host_lengths):
+        return chunked_forward(model, batch["source"], host_lengths, chunking, blank=settings.blank,
+                               unpadded_fast_path=settings.unpadded_fast_path)
+    lengths_in = batch["lengths"]
+    if settings.unpadded_fast_path and bool((lengths_in == batch["source"].shape[1]).all()):
+        lengths_in = None  # no padding: the plain (fused) extractor norm gives the same result, faster
+    logits, out_lengths = model(batch["source"], lengths_in)
+    return logits, out_lengths, None
+
+
 @torch.no_grad()
 def run_ctc_evaluation(model: Callable[..., Tuple[torch.Tensor, Optional[torch.Tensor]]],
                        loader: Iterable[Dict[str, Any]], settings: EvalSettings,
@@ -309,14 +398,12 @@ def run_ctc_evaluation(model: Callable[..., Tuple[torch.Tensor, Optional[torch.T
             break
         if not batch:
             continue
+        host_lengths = [int(n) for n in batch["lengths"].tolist()] if settings.chunking is not None else None
         batch = _move(batch, device)
         synchronize(device)
         t1 = clock()
-        lengths_in = batch["lengths"]
-        if settings.unpadded_fast_path and bool((lengths_in == batch["source"].shape[1]).all()):
-            lengths_in = None  # no padding: the plain (fused) extractor norm gives the same result, faster
         with settings.autocast():
-            logits, out_lengths = model(batch["source"], lengths_in)
+            logits, out_lengths, windows = _forward(model, batch, host_lengths, settings)
         log_probs = F.log_softmax(logits.float(), dim=-1).contiguous()
         preds = log_probs.argmax(dim=-1)
         synchronize(device)
@@ -347,6 +434,7 @@ def run_ctc_evaluation(model: Callable[..., Tuple[torch.Tensor, Optional[torch.T
                 index=int(ids[row]), hypothesis=hyp, reference=ref, num_samples=int(lengths[row]),
                 pred_ids=pred_ids, ref_ids=ref_ids,
                 log_probs=lp_cpu[row, :n_frames].clone() if lp_cpu is not None else None,
+                windows=windows[row] if windows is not None else 1,
             ))
         if progress is not None:
             desc = "warmup" if settings.warmup_steps > 0 and it < settings.warmup_steps else "inference"
@@ -376,7 +464,7 @@ def gather_results(result: EvalResult, keep_log_probs: bool = False) -> EvalResu
         return result
     payload = [
         (u.index, u.hypothesis, u.reference, u.num_samples, u.pred_ids, u.ref_ids,
-         u.log_probs if keep_log_probs else None)
+         u.log_probs if keep_log_probs else None, u.windows)
         for u in result.utterances
     ]
     gathered: List[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else []
@@ -387,8 +475,8 @@ def gather_results(result: EvalResult, keep_log_probs: bool = False) -> EvalResu
                         timed_audio_s=result.timed_audio_s, iterations=result.iterations,
                         wer_mode=result.wer_mode)
     for part in gathered:
-        for idx, hyp, ref, ns, pids, rids, lp in part or ():
-            merged.utterances.append(UtteranceResult(idx, hyp, ref, ns, pids, rids, lp))
+        for idx, hyp, ref, ns, pids, rids, lp, windows in part or ():
+            merged.utterances.append(UtteranceResult(idx, hyp, ref, ns, pids, rids, lp, windows))
     return merged.sorted()
 
 

@@ -40,6 +40,9 @@ class HealthConfig:
         early_updates: horizon of the "accuracy near 1 early" check (default 10000 updates).
         max_early_accuracy: accuracy >= this within ``early_updates`` is a collapse sign (default 0.99).
         min_grad_norm: a finite grad norm below this is "vanishing" (default 0 = check off).
+        min_contrastive_loss: a contrastive loss term (``loss_0``, bits per masked frame) at or below this is the
+            loss floor of a collapsed run (default 0.01 bits, i.e. the positive beats 100 negatives with
+            probability > 99.3 %; healthy LibriSpeech runs stay above 1 bit; 0 = check off).
         blank_only_fraction: fraction of validation utterances with an empty greedy prediction that counts as
             blank-only output (default 1.0 = all of them).
         patience: consecutive checks a collapse/blank-only sign must persist before it is reported (default 3);
@@ -52,6 +55,7 @@ class HealthConfig:
     early_updates: int = 10000
     max_early_accuracy: float = 0.99
     min_grad_norm: float = 0.0
+    min_contrastive_loss: float = 0.01
     blank_only_fraction: float = 1.0
     patience: int = 3
     on_non_finite: str = "stop"
@@ -108,6 +112,14 @@ def check_pretrain_collapse(metrics: Mapping[str, Any], update: Optional[int],
             "collapse_accuracy",
             f"possible collapse at update {update}: contrastive accuracy {acc:.4f} >= {cfg.max_early_accuracy:g} "
             f"within the first {cfg.early_updates} updates (trivial solution)", update, cfg.on_collapse))
+    contrastive = _num(metrics, "loss_0")
+    if (cfg.min_contrastive_loss > 0 and contrastive is not None and math.isfinite(contrastive)
+            and contrastive <= cfg.min_contrastive_loss):
+        issues.append(HealthIssue(
+            "collapse_loss_floor",
+            f"possible collapse at update {update}: contrastive loss {contrastive:.4g} bits <= "
+            f"{cfg.min_contrastive_loss:g} (the task became trivial: check the masking and the quantizer)",
+            update, cfg.on_collapse))
     gn = _num(metrics, "grad_norm")
     if cfg.min_grad_norm > 0 and gn is not None and math.isfinite(gn) and gn < cfg.min_grad_norm:
         issues.append(HealthIssue(

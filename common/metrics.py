@@ -372,6 +372,12 @@ class MetricsAggregator:
     def __getitem__(self, key: str) -> float:
         return self._partials[key]
 
+    def discard(self) -> None:
+        """Drop the partials of the current update (a skipped update's non-finite losses never reach a scope)."""
+        self._partials.clear()
+        self._partial_counts.clear()
+        self._partial_red.clear()
+
     @property
     def partials(self) -> Dict[str, float]:
         return dict(self._partials)

@@ -8,11 +8,13 @@ Reference facts this module follows:
 * ONE parameter group with every trainable parameter: weight decay applies to biases, norm weights, ``mask_emb``,
   codebook ``vars`` and pos-conv ``weight_g`` alike (no "no-decay" groups).
 * The gradient the optimizer sees is ``g = (sum over ranks and micro-batches of grad of the SUMMED loss) / S`` where
-  S is the all-reduced ``sample_size`` (masked frames in pre-training, utterances in fine-tuning). DDP averages over
-  ranks, so the trainer multiplies by ``W / S`` (:func:`normalize_gradients`).
+  S is the all-reduced ``sample_size`` (masked frames in pre-training, utterances in fine-tuning). The reference gets
+  there from DDP-averaged gradients times ``W / S``; our trainer (``common/trainer.py``) SUMS the gradients over ranks
+  (``common.distributed.all_reduce_gradients``) and then calls ``scale_gradients(params, 1 / (S * loss_scale))``,
+  which also undoes the loss scale, so 1 rank x U micro-batches and U ranks x 1 give the same ``g``.
 * ``--clip_norm`` (0 = off; 25 in pre-training scripts) clips by the global L2 norm of the normalised gradients.
   Deviation (Q3): the reference clips only in fp16/bf16 runs; :func:`clip_grad_norm` is meant to be called in every
-  precision mode, and the FP32 path always normalises gradients by S/W (the modern apex kernel ignored it).
+  precision mode, and gradients are normalised by S in every precision (the modern apex kernel ignored it in FP32).
 
 Implementation choice: torch ``AdamW`` with ``fused=True`` when every parameter is on one device type that has a
 fused kernel (CUDA, CPU; on the 2-core CPU it steps the Base model in ~80 ms instead of ~285 ms with
@@ -35,9 +37,7 @@ __all__ = [
     "FINETUNE_ADAM_EPS",
     "nvidia_apex_fused_adam",
     "build_optimizer",
-    "gradient_normalization_factor",
     "scale_gradients",
-    "normalize_gradients",
     "grad_norm",
     "clip_grad_norm",
     "adam_state_from_reference",
@@ -122,21 +122,6 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
     return opt
 
 
-def gradient_normalization_factor(world_size: int, sample_size: float, loss_scale: float = 1.0) -> float:
-    """``W / (S * loss_scale)``: turns DDP-averaged gradients of the summed (and loss-scaled) loss into ``g``.
-
-    ``sample_size`` is the all-reduced S summed over every micro-batch and rank of the update. S == 0 (an update
-    without any masked frame / utterance) gives 0, i.e. no parameter change from the gradients.
-    """
-    if world_size < 1:
-        raise ValueError("world_size must be >= 1")
-    if loss_scale <= 0:
-        raise ValueError("loss_scale must be > 0")
-    if sample_size <= 0:
-        return 0.0
-    return float(world_size) / (float(sample_size) * float(loss_scale))
-
-
 def _grads(params: Iterable[torch.nn.Parameter]) -> List[torch.Tensor]:
     return [p.grad for p in params if p.grad is not None]
 
@@ -151,18 +136,6 @@ def scale_gradients(params: Iterable[torch.nn.Parameter], factor: float) -> None
     else:  # pragma: no cover
         for g in grads:
             g.mul_(factor)
-
-
-def normalize_gradients(params: Iterable[torch.nn.Parameter], world_size: int, sample_size: float,
-                        loss_scale: float = 1.0) -> float:
-    """Multiply gradients by ``world_size / (sample_size * loss_scale)``; returns the factor used.
-
-    Call once per update, after the last micro-batch's backward (DDP has averaged over ranks) and before clipping.
-    """
-    params = list(params)
-    factor = gradient_normalization_factor(world_size, sample_size, loss_scale)
-    scale_gradients(params, factor)
-    return factor
 
 
 def grad_norm(params: Iterable[torch.nn.Parameter]) -> float:

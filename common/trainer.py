@@ -32,7 +32,7 @@ from common.distributed import DistEnv, all_reduce_gradients, all_reduce_sum
 from common.health import HealthMonitor
 from common.lr_schedules import LRScheduler
 from common.metrics import MetricsAggregator
-from common.optim import clip_grad_norm, scale_gradients
+from common.optim import adam_state_from_reference, clip_grad_norm, scale_gradients
 from common.precision import PrecisionPolicy
 from common.progress import Progress
 
@@ -70,6 +70,7 @@ class TrainerConfig:
     benchmark_epochs_num: int = 3
     ema: float = 0.0
     on_nonfinite_loss: str = "skip"  # skip | stop
+    allow_data_plan_change: bool = False  # resume although the batch plan changed (world size, data, batch settings)
     best_metric: str = "loss"  # "loss" (pretraining) | "wer" (fine-tuning)
     validate: bool = True
 
@@ -110,6 +111,13 @@ class ExponentialMovingAverage:
 
 class _StopRequested(Exception):
     pass
+
+
+def is_reference_training_checkpoint(ckpt: Mapping[str, Any]) -> bool:
+    """A checkpoint written by the reference recipe's trainer: its ``train_state`` names the optimizer class and it
+    carries none of the state that ours adds (data position, RNG)."""
+    ts = ckpt.get("train_state")
+    return isinstance(ts, Mapping) and "optimizer_type" in ts and "data" not in ckpt and "rng" not in ckpt
 
 
 @dataclass
@@ -199,10 +207,13 @@ class Trainer:
         missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         if missing or unexpected:
             raise RuntimeError(f"{source}: model weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        if "optimizer" in ckpt:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
+        if is_reference_training_checkpoint(ckpt):
+            self._load_reference_optimizer(ckpt, source)
+        else:
+            if "optimizer" in ckpt:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
         if ckpt.get("lr_scheduler"):
             self.scheduler.load_state_dict(ckpt["lr_scheduler"])
         ts = ckpt.get("train_state", {})
@@ -213,7 +224,13 @@ class Trainer:
             best_val_wer=float(ts.get("best_val_wer", math.inf)),
         )
         if ckpt.get("data"):
-            self.train_loader.load_state_dict(ckpt["data"])
+            try:
+                changed = self.train_loader.load_state_dict(ckpt["data"],
+                                                            allow_plan_change=self.cfg.allow_data_plan_change)
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
+            if changed:
+                self.print(f"{source}: {changed}")
         if ckpt.get("metrics"):
             self.metrics.load_state_dict(ckpt["metrics"])
         if self.health is not None and ckpt.get("health"):
@@ -224,6 +241,22 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema_model"])
         if ckpt.get("rng", {}).get("torch") is not None:
             torch.set_rng_state(ckpt["rng"]["torch"])
+
+    def _load_reference_optimizer(self, ckpt: Mapping[str, Any], source: str) -> None:
+        """The reference's optimizer layout (REFERENCE.md 2.2: one flat FP32 Adam state + ``loss_scale`` in mixed
+        precision, per-parameter FusedAdam moments in FP32) converted to ours; its train_state starts a new epoch and
+        it saves no data position, RNG or metrics, so those start fresh (the schedule is a function of the step)."""
+        ref = ckpt.get("optimizer")
+        if not isinstance(ref, Mapping):
+            raise ValueError(f"{source}: reference checkpoint without an optimizer state")
+        try:
+            self.optimizer.load_state_dict(adam_state_from_reference(ref, self.params, self.optimizer))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{source}: the reference optimizer state does not fit this model: {exc}") from None
+        if "loss_scale" in ref:
+            self.scaler.load_state_dict({"loss_scale": float(ref["loss_scale"])})
+        self.print(f"{source}: resuming a reference ({ckpt['train_state'].get('optimizer_type')}) checkpoint: "
+                   "optimizer moments and loss scale converted; data position, RNG streams and metrics start afresh")
 
     def save(self, best: bool = False) -> None:
         if self.cfg.no_save or not self.env.is_main:
@@ -269,7 +302,10 @@ class Trainer:
 
         # reduce over ranks
         sample_size, loss_sum, nonfinite = all_reduce_sum([sample_size, loss_sum, 0.0 if finite else 1.0], env.device)
-        self.metrics.all_reduce(env.world_size)
+        if nonfinite:
+            self.metrics.discard()  # every rank knows: the skipped update's NaN/inf never reaches the logged averages
+        else:
+            self.metrics.all_reduce(env.world_size)
         all_reduce_gradients(self.params, env.world_size)
 
         skipped_reason = None

@@ -30,6 +30,8 @@ TORCHSCRIPT=${TORCHSCRIPT:-false}
 TORCHSCRIPT_SAVE=${TORCHSCRIPT_SAVE:-false}
 TORCH_COMPILE=${TORCH_COMPILE:-false}
 CUDA_GRAPHS=${CUDA_GRAPHS:-false} # ours: --cuda_graphs (CUDA only)
+CHUNK_SECONDS=${CHUNK_SECONDS:-} # ours: long audio in overlapping windows (--chunk_seconds); empty: whole utterances
+CHUNK_OVERLAP_SECONDS=${CHUNK_OVERLAP_SECONDS:-} # ours: --chunk_overlap_seconds
 LOG_FILE=${LOG_FILE:-$OUTPUT_DIR/nvlog.json}
 TF32=${TF32:-} # ours: true/false -> --tf32
 
@@ -85,6 +87,8 @@ bool_flag TORCHSCRIPT --torchscript
 bool_flag TORCH_COMPILE --torch_compile
 bool_flag CUDA_GRAPHS --cuda_graphs
 opt_flag TF32 --tf32
+opt_flag CHUNK_SECONDS --chunk_seconds
+opt_flag CHUNK_OVERLAP_SECONDS --chunk_overlap_seconds
 # the reference's fixed flags: training-time settings without effect on an eval-mode model
 ARGS+=(--mask_prob "$MASK_PROB" --mask_channel_prob "$MASK_CHANNEL_PROB" --skip_invalid_size_inputs_valid_test
     --apply_mask --mask_channel_length 64 --encoder_layerdrop 0.1 --activation_dropout 0.1 --feature_grad_mult 0.0)

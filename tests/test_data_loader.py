@@ -90,6 +90,26 @@ def test_resume_with_different_layout_is_refused(corpus):
     build_loader(ds, _cfg(), 2, 0).load_state_dict(state)  # identical settings: accepted
 
 
+def test_resume_with_a_changed_plan_when_allowed(corpus):
+    """--allow_data_plan_change: the epoch continues from the same fraction of the new plan, with a message."""
+    ds = AudioDataset(load_manifest(corpus / "train.tsv"))
+    run = build_loader(ds, _cfg(), 2, 0)
+    run.set_epoch(4)
+    it = iter(run)
+    for _ in range(2):
+        next(it)
+    state = run.state_dict()
+    one_rank = build_loader(ds, _cfg(), 1, 0)  # half the ranks: about twice the batches per rank
+    message = one_rank.load_state_dict(state, allow_plan_change=True)
+    expected = round(2 * len(one_rank) / len(run))
+    assert message is not None and "world_size 2 -> 1" in message and f"batch {expected} of {len(one_rank)}" in message
+    one_rank.set_epoch(4)
+    assert len(list(one_rank)) == len(one_rank) - expected
+    same = build_loader(ds, _cfg(), 2, 0)
+    assert same.load_state_dict(state, allow_plan_change=True) is None  # nothing changed: the exact position
+    assert same.batch_in_epoch == 2
+
+
 def test_labelled_padded_validation_loader(corpus):
     ds = open_split(corpus, "train", labels="ltr")
     ld = build_loader(ds, _cfg(pad=True, max_sample_size=None, shuffle=False, filter_long=False, max_tokens=20000))

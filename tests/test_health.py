@@ -38,6 +38,16 @@ def test_collapse_signs():
     assert "update 10" in msg and "code_perplexity=2.000" in msg
 
 
+def test_contrastive_loss_floor():
+    """PITFALLS 1: the contrastive term (loss_0, bits per masked frame) at its floor is a collapse sign at any update;
+    a healthy value, the total loss alone, or the check switched off (0) are not."""
+    assert [i.kind for i in check_pretrain_collapse({"loss_0": 0.004}, 80000)] == ["collapse_loss_floor"]
+    assert check_pretrain_collapse({"loss_0": 1.7, "loss": 1.9}, 80000) == []
+    assert check_pretrain_collapse({"loss": 0.001}, 80000) == []
+    assert check_pretrain_collapse({"loss_0": 0.0}, 10, HealthConfig(min_contrastive_loss=0.0)) == []
+    assert "0.004 bits" in check_pretrain_collapse({"loss_0": 0.004}, 7)[0].reason
+
+
 def test_blank_only():
     assert is_blank_only([0, 0, 0]) and not is_blank_only([0, 4, 0])
     issue = check_ctc_blank_only({"empty_preds": 8, "nsentences": 8}, 2000)[0]

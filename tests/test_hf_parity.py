@@ -30,7 +30,7 @@ LENGTHS = [16000, 11234, 7000]
 
 
 def _hf_cfg(cfg, vocab=None):
-    d = {k: v for k, v in hf_config(cfg, vocab).items() if k != "wav2vec2_trainer_config"}
+    d = hf_config(cfg, vocab, transformers_only=True)
     return transformers.Wav2Vec2Config(**d, attn_implementation="eager")
 
 

@@ -122,6 +122,31 @@ def test_ctc_padded_frames_force_blank():
     assert torch.isinf(pad[:, 1:]).all()
 
 
+@pytest.mark.parametrize("mode", ["add", "set"])
+def test_blank_weight_applies_at_inference_only(mode):
+    """Q20 fixed (fairseq's semantics): blank_weight shifts (add) or replaces (set) the blank logit in eval mode only;
+    training logits, hence the CTC loss, are those of blank_weight 0. Oracle: the same weights with blank_weight 0."""
+    torch.manual_seed(0)
+    plain = Wav2Vec2ForCTC(preset("tiny", mask_prob=0.0, mask_channel_prob=0.0, final_dropout=0.0, **NO_DROP), 10)
+    weighted = Wav2Vec2ForCTC(plain.cfg.replace(blank_weight=3.0, blank_mode=mode), 10)
+    weighted.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 8000)
+    lengths = torch.tensor([8000, 6000])
+    for training in (True, False):
+        plain.train(training)
+        weighted.train(training)
+        ref, frames = plain(x, lengths)
+        got, _ = weighted(x, lengths)
+        if training:
+            assert torch.equal(got, ref)
+            continue
+        valid = torch.arange(ref.shape[1])[None, :] < frames[:, None]
+        expected_blank = ref[..., 0] + 3.0 if mode == "add" else torch.full_like(ref[..., 0], 3.0)
+        assert torch.allclose(got[..., 0][valid], expected_blank[valid])
+        assert torch.equal(got[..., 1:][valid], ref[..., 1:][valid])
+        assert torch.equal(got[~valid], ref[~valid])  # padded frames stay forced to the blank
+
+
 # --- Hourglass ---------------------------------------------------------------------------------------------------------
 
 

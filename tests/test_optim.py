@@ -1,4 +1,9 @@
-"""Optimizer, gradient normalisation and clipping (REFERENCE.md §5.3-5.4)."""
+"""Optimizer, gradient normalisation and clipping (REFERENCE.md §5.3-5.4).
+
+Gradient normalisation is tested in the form the trainer uses it (common/trainer.py): gradients of the SUMMED,
+loss-scaled loss are summed over micro-batches and ranks, then ``scale_gradients(params, 1 / (S * loss_scale))``.
+The summing all-reduce itself runs on two gloo processes in tests/test_distributed.py.
+"""
 
 import math
 import sys
@@ -15,9 +20,8 @@ from common.optim import (
     build_optimizer,
     clip_grad_norm,
     grad_norm,
-    gradient_normalization_factor,
-    normalize_gradients,
     nvidia_apex_fused_adam,
+    scale_gradients,
 )
 
 
@@ -81,47 +85,64 @@ def test_adam_step_matches_hand_formula_and_torch_adamw(eps, wd):
         np.testing.assert_allclose(p.detach().numpy(), hand, rtol=1e-10, atol=1e-13)
 
 
-def test_normalization_factor_values():
-    assert gradient_normalization_factor(8, 1000) == 8 / 1000
-    assert gradient_normalization_factor(1, 10, loss_scale=128.0) == 1 / 1280
-    assert gradient_normalization_factor(2, 0) == 0.0
+def test_scale_gradients_scales_existing_gradients_only():
+    a = torch.nn.Parameter(torch.zeros(2))
+    b = torch.nn.Parameter(torch.zeros(3))      # no gradient: left alone
+    a.grad = torch.tensor([2.0, -6.0])
+    scale_gradients([a, b], 0.5)
+    assert a.grad.tolist() == [1.0, -3.0] and b.grad is None
+    g = a.grad
+    scale_gradients(iter([a, b]), 1.0)          # any iterable; factor 1 is a no-op
+    assert a.grad is g and a.grad.tolist() == [1.0, -3.0]
 
 
-def _summed_loss_grads(w, xs):
-    """gradient of the SUMMED squared-error loss of one micro-batch; returns (grad, sample_size)."""
-    w = w.detach().clone().requires_grad_(True)
-    loss = ((xs @ w) ** 2).sum()
-    loss.backward()
-    return w.grad.clone(), xs.shape[0]
+def _hand_mean_gradient(w, xs):
+    """Gradient of the MEAN over all rows of ((x @ w) ** 2).sum(-1), written out: 2 X^T X w / S (numpy)."""
+    x = np.concatenate([np.asarray(b) for b in xs])
+    return 2.0 * x.T @ (x @ np.asarray(w)) / x.shape[0]
 
 
-def test_one_rank_two_microbatches_equals_two_ranks_one_each():
+def _backward_summed_loss(param, xs, loss_scale):
+    """One micro-batch: backward of the SUMMED squared-error loss times the loss scale; returns its sample size."""
+    (((xs @ param) ** 2).sum() * loss_scale).backward()
+    return xs.shape[0]
+
+
+@pytest.mark.parametrize("loss_scale", [1.0, 128.0])
+def test_one_rank_two_microbatches_equals_two_ranks_one_each(loss_scale):
+    """What the trainer does, on micro-batches of unequal size (7 and 3 samples)."""
     g = torch.Generator().manual_seed(3)
     w0 = torch.randn(5, 2, generator=g, dtype=torch.float64)
-    mb1 = torch.randn(7, 5, generator=g, dtype=torch.float64)   # S1 = 7
-    mb2 = torch.randn(3, 5, generator=g, dtype=torch.float64)   # S2 = 3
-    g1, s1 = _summed_loss_grads(w0, mb1)
-    g2, s2 = _summed_loss_grads(w0, mb2)
-    total_s = s1 + s2
-    # 1 rank x 2 accumulated micro-batches: grads add up, world_size 1
+    mb1 = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    mb2 = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    hand = torch.from_numpy(_hand_mean_gradient(w0, [mb1, mb2]))
+
+    # 1 rank x 2 micro-batches: backward accumulates into .grad, S summed over the micro-batches
     pa = torch.nn.Parameter(w0.clone())
-    pa.grad = g1 + g2
-    normalize_gradients([pa], world_size=1, sample_size=total_s)
-    # 2 ranks x 1 micro-batch: DDP averages the per-rank grads, S all-reduced over ranks
+    s_total = _backward_summed_loss(pa, mb1, loss_scale) + _backward_summed_loss(pa, mb2, loss_scale)
+    scale_gradients([pa], 1.0 / (s_total * loss_scale))
+
+    # 2 ranks x 1 micro-batch: each rank's gradient, SUMMED by the all-reduce, S all-reduced (summed) too
+    rank_grads, rank_sizes = [], []
+    for mb in (mb1, mb2):
+        p = torch.nn.Parameter(w0.clone())
+        rank_sizes.append(_backward_summed_loss(p, mb, loss_scale))
+        rank_grads.append(p.grad)
     pb = torch.nn.Parameter(w0.clone())
-    pb.grad = (g1 + g2) / 2
-    normalize_gradients([pb], world_size=2, sample_size=total_s)
+    pb.grad = rank_grads[0] + rank_grads[1]
+    scale_gradients([pb], 1.0 / (sum(rank_sizes) * loss_scale))
+
     torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-12, atol=0)
-    # independent oracle: gradient of the global mean loss over all 10 samples
-    w = w0.clone().requires_grad_(True)
-    ((torch.cat([mb1, mb2]) @ w) ** 2).sum().div(total_s).backward()
-    torch.testing.assert_close(pa.grad, w.grad, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(pa.grad, hand, rtol=1e-12, atol=1e-14)
+    # the per-rank mean averaged over ranks is a different (wrong) gradient with unequal micro-batches
+    mean_of_means = (rank_grads[0] / rank_sizes[0] + rank_grads[1] / rank_sizes[1]) / (2 * loss_scale)
+    assert not torch.allclose(mean_of_means, hand)
 
 
-def test_normalization_undoes_loss_scale():
+def test_scaling_undoes_the_loss_scale_exactly():
     p = torch.nn.Parameter(torch.zeros(2))
     p.grad = torch.tensor([128.0 * 4, -128.0 * 8])  # loss-scaled by 128, sample size 4
-    normalize_gradients([p], world_size=1, sample_size=4, loss_scale=128.0)
+    scale_gradients([p], 1.0 / (4 * 128.0))
     assert p.grad.tolist() == [1.0, -2.0]
 
 

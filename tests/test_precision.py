@@ -9,7 +9,7 @@ from common.optim import OptimizerConfig, build_optimizer
 import pytest
 import torch
 
-from common.optim import clip_grad_norm, normalize_gradients
+from common.optim import clip_grad_norm, scale_gradients
 from common.precision import (
     DynamicLossScaler,
     MinimumLossScaleError,
@@ -73,7 +73,7 @@ def test_injected_inf_gradient_skips_step_and_halves_scale(caplog):
     loss = scaler.scale((p * torch.tensor([1.0, 2.0, 3.0])).sum())
     loss.backward()
     p.grad[1] = float("inf")                           # injected overflow
-    normalize_gradients([p], 1, 1.0, loss_scale=scaler.loss_scale)
+    scale_gradients([p], 1.0 / scaler.loss_scale)  # sample size 1
     norm = clip_grad_norm([p], 25.0)
     with caplog.at_level(logging.WARNING, logger="common.precision"):
         out = scaler.update(norm, update=7)
@@ -158,7 +158,7 @@ def test_update_loop_contract_bf16_cpu_with_overflow():
             sample_size += x.shape[0]
         if update == 3:
             model.weight.grad[0, 0] = float("inf")      # injected overflow
-        normalize_gradients(model.parameters(), 1, sample_size, loss_scale=scaler.loss_scale)
+        scale_gradients(model.parameters(), 1.0 / (sample_size * scaler.loss_scale))
         norm = clip_grad_norm(model.parameters(), 25.0)
         lrs.append(opt.param_groups[0]["lr"])
         res = scaler.update(norm, update=update)

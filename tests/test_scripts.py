@@ -574,6 +574,9 @@ def test_inference_variables():
     check(flags(command("inference.sh", AMP="true")), {"--amp": True, "--fp16": True})
     check(flags(command("inference.sh", CUDA_GRAPHS="true")), {"--cuda_graphs": True, "--torch_compile": None})
     check(flags(command("inference.sh", BF16="true")), {"--bf16": True, "--fp16": None})
+    check(flags(command("inference.sh", CHUNK_SECONDS="30", CHUNK_OVERLAP_SECONDS="4")),
+          {"--chunk_seconds": "30", "--chunk_overlap_seconds": "4"})
+    check(flags(command("inference.sh")), {"--chunk_seconds": None, "--chunk_overlap_seconds": None})
     check(flags(command("inference.sh", PREDICTION_FILE="")), {"--save_predictions": None})
     check(flags(command("inference.sh", OUTPUT_DIR="o", VALID_SUBSET="dev-clean")),
           {"--save_predictions": "o/dev-clean.predictions", "--log_file": "o/nvlog.json"})
@@ -702,7 +705,17 @@ def trained(tiny_corpus, tmp_path_factory):
 
 @pytest.mark.slow
 def test_end_to_end_pretrain_then_finetune(trained):
-    assert os.path.isfile(trained["finetuned"])
+    """The fine-tuning recipe really started from the pretraining recipe's checkpoint: its extractor (frozen by the
+    recipe, feature_grad_mult 0) holds the pretrained weights exactly, and its transformer moved away from them."""
+    import torch
+
+    pre = torch.load(trained["pretrained"], weights_only=True)["model"]
+    ft = torch.load(trained["finetuned"], weights_only=True)["model"]
+    prefix = "w2v_encoder.w2v_model."
+    extractor = [k for k in pre if k.startswith("feature_extractor.")]
+    assert extractor and all(torch.equal(ft[prefix + k], pre[k]) for k in extractor)
+    encoder = [k for k in pre if k.startswith("encoder.layers.") and k.endswith("fc1.weight")]
+    assert encoder and any(not torch.equal(ft[prefix + k], pre[k]) for k in encoder)
 
 
 @pytest.mark.slow

@@ -154,7 +154,7 @@ class _ToyLoader:
     def state_dict(self):
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
 
-    def load_state_dict(self, s):
+    def load_state_dict(self, s, allow_plan_change=False):
         self.epoch, self._resume, self.batch_in_epoch = s["epoch"], s["batch_in_epoch"], s["batch_in_epoch"]
 
 
@@ -223,12 +223,10 @@ def test_overflow_is_skipped_and_scale_backs_off(tmp_path):
         orig_step()
 
     trainer.optimizer.step = spy
-    before = {}
     trainer.fit()
     assert 2 not in weights  # the optimizer never stepped on update 2
     scales = [d["train_loss_scale"] for step, d in logger.records if isinstance(step, tuple) and len(step) == 3]
     assert scales[0] == 128.0 and scales[1] == 64.0 and scales[3] == 64.0
-    del before
 
 
 def test_update_freq_normalises_by_total_sample_size(tmp_path):
@@ -244,19 +242,13 @@ def test_update_freq_normalises_by_total_sample_size(tmp_path):
         orig()
 
     trainer.optimizer.step = spy
-    loader = trainer.train_loader
-    xs = torch.randn(6, 4, 3, generator=torch.Generator().manual_seed(1))
+    xs = torch.randn(6, 4, 3, generator=torch.Generator().manual_seed(1))  # the toy loader's epoch-1 batches
     trainer.fit()
-    ref = torch.nn.Linear(3, 2)
-    with torch.no_grad():
-        ref.weight.copy_(w0)
-        ref.bias.copy_(torch.zeros(2))
     torch.manual_seed(0)
     ref2 = torch.nn.Linear(3, 2)  # same init as the trainer's model
     loss = ref2(xs[0]).pow(2).sum() + ref2(xs[1]).pow(2).sum()
     loss.backward()
     assert torch.allclose(captured["g"], ref2.weight.grad / 8.0, atol=1e-6)
-    del loader
     assert math.isfinite(float(captured["g"].sum()))
 
 
@@ -335,3 +327,185 @@ def test_torch_compile_training_matches_eager(tiny_corpus, tmp_path):
     wa = torch.load(os.path.join(eager, "wav2vec2_update4.pt"), weights_only=True)["model"]
     wb = torch.load(os.path.join(compiled, "wav2vec2_update4.pt"), weights_only=True)["model"]
     assert sorted(wa) == sorted(wb)
+
+
+class _NanTask(_ToyTask):
+    """The toy task whose loss is NaN on the updates in ``bad``."""
+
+    def __init__(self, trainer_ref, bad):
+        super().__init__()
+        self.trainer_ref, self.bad = trainer_ref, bad
+
+    def train_step(self, model, batch, generator):
+        loss = model(batch["x"]).pow(2).sum()
+        if self.trainer_ref[0].state.step in self.bad:
+            loss = loss * float("nan")
+        return loss, 4, {"loss": float(loss.detach()), "ntokens": 4, "nsentences": 4, "sample_size": 4}
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_nonfinite_loss_policy_with_the_runs_health_monitor(tmp_path, policy):
+    """--on_nonfinite_loss skip (the default): the NaN update is skipped, training goes on, and no NaN reaches the
+    logged train averages (the health monitor that train.py builds would otherwise stop the run at the next log).
+    stop: the run raises at that update."""
+    import train
+    from common.health import HealthMonitor
+
+    ref = [None]
+    task = _NanTask(ref, bad={2})
+    trainer, model, logger = _toy_trainer(tmp_path, task, max_update=4, no_save=True, on_nonfinite_loss=policy)
+    ref[0] = trainer
+    args = train.build_parser("pretrain").parse_args(
+        ["pretrain", "--data", "d", "--output_dir", str(tmp_path), "--on_nonfinite_loss", policy])
+    trainer.health = HealthMonitor("pretrain", train.health_config(args, latent_groups=2))
+    printed = []
+    trainer.print = printed.append
+    stepped = []
+    orig_step = trainer.optimizer.step
+
+    def spy():
+        stepped.append(trainer.state.step)
+        orig_step()
+
+    trainer.optimizer.step = spy
+    if policy == "stop":
+        with pytest.raises(FloatingPointError, match="update 2"):
+            trainer.fit()
+        assert stepped == [1]
+        return
+    trainer.fit()
+    assert stepped == [1, 3, 4] and any("Update 2 skipped" in p for p in printed)
+    losses = [d["train_loss"] for step, d in logger.records
+              if isinstance(step, tuple) and len(step) == 3 and "train_loss" in d]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert all(math.isfinite(float(p.detach().sum())) for p in model.parameters())
+
+
+@pytest.mark.parametrize("layout", ["mixed_precision", "fp32_fused_adam"])
+def test_resume_from_a_reference_training_checkpoint(tmp_path, layout):
+    """A checkpoint in the reference trainer's layout (REFERENCE.md 2.2), written by hand from a run of ours: the
+    resumed trainer has the run's Adam moments, step counts, lr, loss scale and update/epoch counters."""
+    task = _ToyTask()
+    run, model, _ = _toy_trainer(tmp_path / "a", task, precision_mode="bf16", max_update=3, no_save=True)
+    run.fit()
+    run.scaler.loss_scale = 32.0
+    params = [p for p in model.parameters() if p.requires_grad]
+    ours = run.optimizer.state_dict()
+    moments = [ours["state"][i] for i in range(len(params))]
+    group = {k: v for k, v in ours["param_groups"][0].items() if k != "params"}
+    if layout == "mixed_precision":  # FP16Optimizer: one flat fp32 Adam state + loss_scale
+        ref_opt = {"state": {0: {"step": 3, "exp_avg": torch.cat([m["exp_avg"].reshape(-1) for m in moments]),
+                                 "exp_avg_sq": torch.cat([m["exp_avg_sq"].reshape(-1) for m in moments])}},
+                   "param_groups": [dict(group, params=[0])], "loss_scale": 32.0}
+        opt_type = "FP16Optimizer"
+    else:  # apex FusedAdam V2: per-parameter moments, step in the group
+        ref_opt = {"state": {i: {"exp_avg": m["exp_avg"].clone(), "exp_avg_sq": m["exp_avg_sq"].clone()}
+                             for i, m in enumerate(moments)},
+                   "param_groups": [dict(group, params=list(range(len(params))), step=3)]}
+        opt_type = "FusedAdamV2"
+    ckpt = {"args": {"mode": "pretrain"}, "model": model.state_dict(), "ema_model": None, "optimizer": ref_opt,
+            "scaler": {}, "train_state": {"step": 3, "epoch": 2, "best_val_loss": 1.5, "best_val_wer": math.inf,
+                                          "optimizer_type": opt_type, "scaler_type": "GradScaler"}}
+
+    resumed, model2, _ = _toy_trainer(tmp_path / "b", _ToyTask(), precision_mode="bf16", max_update=5, no_save=True)
+    printed = []
+    resumed.print = printed.append
+    resumed.load_state_dict(ckpt, source="ref.pt")
+    assert any("reference (" + opt_type in p for p in printed)
+    assert (resumed.state.step, resumed.state.epoch, resumed.state.best_val_loss) == (3, 2, 1.5)
+    got = resumed.optimizer.state_dict()
+    for i, m in enumerate(moments):
+        assert torch.equal(got["state"][i]["exp_avg"], m["exp_avg"])
+        assert torch.equal(got["state"][i]["exp_avg_sq"], m["exp_avg_sq"])
+        assert float(got["state"][i]["step"]) == 3.0
+    assert got["param_groups"][0]["lr"] == group["lr"]
+    if layout == "mixed_precision":
+        assert resumed.scaler.loss_scale == 32.0
+    assert all(torch.equal(a, b) for a, b in zip(model2.state_dict().values(), model.state_dict().values()))
+    resumed.fit()  # and it trains on
+    assert resumed.state.step == 5
+
+
+def test_ema_weights_validation_and_resume(tmp_path):
+    """--ema d: shadow = d * shadow + (1 - d) * weights after every applied update (hand-computed from the weights
+    seen after each optimizer step), validation runs on the shadow and the trained weights come back afterwards,
+    and the shadow is saved and restored with the checkpoint."""
+    task = _ToyTask()
+    trainer, model, _ = _toy_trainer(tmp_path, task, max_update=3, no_save=True, ema=0.5)
+    expected = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    orig_step = trainer.optimizer.step
+
+    def step_then_track():
+        orig_step()
+        for k, v in model.state_dict().items():
+            expected[k] = 0.5 * expected[k] + 0.5 * v.detach()
+
+    trainer.optimizer.step = step_then_track
+    seen_in_validation = []
+
+    def valid_step(m, batch, generator):
+        seen_in_validation.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return _ToyTask.train_step(task, m, batch, generator)
+
+    task.valid_step = valid_step
+    trainer.valid_loader = _ToyLoader(2)
+    trainer.fit()  # 3 updates stop mid-epoch 1, whose end validates
+    assert len(seen_in_validation) == 2
+    for k, v in expected.items():
+        assert torch.allclose(trainer.ema.shadow[k], v, atol=1e-7), k
+        assert torch.allclose(seen_in_validation[0][k], v, atol=1e-7), k
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    assert not all(torch.allclose(trained[k], expected[k]) for k in trained)  # the shadow differs from the weights
+    state = trainer.state_dict()
+    other, model2, _ = _toy_trainer(tmp_path / "b", _ToyTask(), max_update=3, no_save=True, ema=0.5)
+    other.load_state_dict(state)
+    assert all(torch.equal(other.ema.shadow[k], trainer.ema.shadow[k]) for k in expected)
+    assert all(torch.equal(model2.state_dict()[k], trained[k]) for k in trained)
+
+
+def test_last_update_is_saved_when_max_update_ends_mid_epoch(tmp_path):
+    """Q21: the reference saves only at epoch ends that are multiples of save_frequency (or a new best), so a run
+    stopping at max_update mid-epoch could end without its last checkpoint; ours always saves it."""
+    trainer, _, _ = _toy_trainer(tmp_path, _ToyTask(), max_update=4, save_frequency=10, validate=False)
+    trainer.fit()
+    assert os.path.exists(tmp_path / "wav2vec2_update4.pt")
+    assert torch.load(tmp_path / "wav2vec2_update4.pt", weights_only=True)["train_state"]["step"] == 4
+
+
+def test_validation_randomness_is_fixed_per_batch(tmp_path):
+    """Q10 fixed: pretraining validation draws masks and negatives (the task's generator) and dropout-like noise (the
+    global RNG); both are re-seeded per validation batch, so two validations of the same weights agree exactly
+    whatever the random state before them."""
+    task = _ToyTask()
+
+    def noisy_valid_step(model, batch, generator):
+        loss = model(batch["x"]).pow(2).sum() + torch.rand((), generator=generator) + torch.rand(())
+        return loss, 4, {"loss": float(loss), "ntokens": 4, "nsentences": 4, "sample_size": 4}
+
+    task.valid_step = noisy_valid_step
+    trainer, _, _ = _toy_trainer(tmp_path, task, max_update=1, no_save=True)
+    trainer.valid_loader = _ToyLoader(3)
+    results = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        trainer.generator.manual_seed(seed)
+        trainer.validate()
+        results.append({k: v for k, v in trainer._last_val.items() if k not in ("val_took", "val_ntokens/s")})
+    assert results[0] == results[1] and "val_loss" in results[0]
+
+
+def test_resume_with_changed_batch_settings(tiny_corpus, tmp_path):
+    """Q16 fixed: a resume whose batch plan no longer matches the saved position is refused with a message that
+    names the setting and the way out; --allow_data_plan_change continues the epoch proportionally."""
+    out = str(tmp_path / "run")
+    _run_train(_pretrain_args(tiny_corpus, out, "--max_update", "6", "--updates_this_job", "2"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    changed = _pretrain_args(tiny_corpus, out, "--max_update", "6", "--resume", "--max_tokens", "30000")
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *changed], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=600)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "batch plan changed" in res.stderr and "--allow_data_plan_change" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = _run_train([*changed, "--allow_data_plan_change"])
+    assert "data plan changed" in res.stdout
+    assert os.path.exists(os.path.join(out, "wav2vec2_update6.pt"))

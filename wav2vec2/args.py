@@ -2,7 +2,11 @@
 mapping onto :class:`~wav2vec2.config.Wav2Vec2Config`.
 
 ``--preset {base,large,tiny}`` (ours) sets the defaults of every architecture flag to a preset's values; without it
-the defaults are the reference's command-line defaults (with ``--quantize_targets`` on, see docs/DEVIATIONS.md).
+the defaults are the reference's command-line defaults (with ``--quantize_targets`` and ``--infonce`` on, see
+docs/DEVIATIONS.md).
+
+:data:`UNIMPLEMENTED_PRETRAINING_FLAGS` are the reference's experimental pretraining flags that this model does not
+implement: they parse with the reference's defaults, and a value we cannot honour is refused at parse time.
 """
 
 from __future__ import annotations
@@ -10,12 +14,12 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from common.args import str2bool
+from common.args import CompatFlag, add_compat_flags, str2bool
 
 from .config import PRESETS, Wav2Vec2Config
 
 __all__ = ["add_dropout_and_masking_args", "add_finetuning_args", "add_pretraining_args", "config_from_args",
-           "preset_defaults", "ARCHITECTURE_FLAGS"]
+           "preset_defaults", "ARCHITECTURE_FLAGS", "INFONCE_FLAG", "UNIMPLEMENTED_PRETRAINING_FLAGS"]
 
 _D = Wav2Vec2Config()
 
@@ -26,6 +30,33 @@ ARCHITECTURE_FLAGS = (
     "quantize_targets", "target_glu", "quantizer_depth", "quantizer_factor", "latent_vars", "latent_groups",
     "latent_dim", "num_negatives", "cross_sample_negatives", "conv_pos", "conv_pos_groups", "latent_temp",
     "normalize", "hourglass_transformer", "hourglass_resample", "combine_groups",
+)
+
+
+#: ``--infonce``: the reference's switch defaults to off, but its non-InfoNCE loss fails (REFERENCE.md §9.1 #22)
+INFONCE_FLAG = CompatFlag("--infonce", True, bool, (True,),
+                          "pretraining always uses the InfoNCE cross-entropy; the binary cross-entropy loss (InfoNCE "
+                          "off) is not implemented (it fails with a shape error in the reference)")
+
+_SPECTROGRAM = ("only read by the spectrogram front-end (--use_spectrogram_features), which is not implemented: "
+                "no effect")
+
+#: reference pretraining flags (REFERENCE.md §8.3, §1.17) whose feature this model does not implement
+UNIMPLEMENTED_PRETRAINING_FLAGS = (
+    CompatFlag("--quantize_input", False, bool, (False,),
+               "quantizing the encoder input is not implemented (the reference crashes on it)"),
+    CompatFlag("--negatives_from_everywhere", False, bool, (False,),
+               "negatives are drawn from the masked frames of the same utterance only (the recipes' setting)"),
+    CompatFlag("--codebook_negatives", 0, int, (0,), "negatives sampled from the codebook are not implemented"),
+    CompatFlag("--use_spectrogram_features", False, bool, (False,),
+               "the experimental mel-filterbank front-end is not implemented (broken in the reference)"),
+    CompatFlag("--rotary_embeddings", False, bool, (False,),
+               "rotary position embeddings are not implemented (experimental in the reference)"),
+    CompatFlag("--spectrogram_feature_stacking", 1, int, None, _SPECTROGRAM),
+    CompatFlag("--spectrogram_feature_subsampling", 1, int, None, _SPECTROGRAM),
+    CompatFlag("--spectrogram_window_size", 0.02, float, None, _SPECTROGRAM),
+    CompatFlag("--spectrogram_window_stride", 0.01, float, None, _SPECTROGRAM),
+    CompatFlag("--spectrogram_n_filt", 80, int, None, _SPECTROGRAM),
 )
 
 
@@ -101,8 +132,11 @@ def add_pretraining_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hourglass_transformer", default=None, help='e.g. "[2,(8,4),2]"; empty: plain stack')
     g.add_argument("--hourglass_resample", default="naive", choices=["naive", "linear"])
 
+    g = parser.add_argument_group("reference flags not implemented here")
+    add_compat_flags(g, UNIMPLEMENTED_PRETRAINING_FLAGS)
+
     g = parser.add_argument_group("criterion")
-    g.add_argument("--infonce", action="store_true", default=True, help="InfoNCE cross-entropy (always on)")
+    add_compat_flags(g, [INFONCE_FLAG])
     g.add_argument("--loss_weights", type=float, nargs="+", default=[0.1, 10.0], help="diversity and feature-penalty weights")
     g.add_argument("--log_keys", nargs="*", default=["prob_perplexity", "code_perplexity", "temp"])
 

@@ -520,8 +520,12 @@ def from_hf_state_dict(sd: Mapping[str, torch.Tensor], extractor_mode: str = "de
     return out
 
 
-def hf_config(cfg: Wav2Vec2Config, vocab_size: Optional[int] = None) -> dict[str, Any]:
-    """A HuggingFace ``Wav2Vec2Config`` dictionary equivalent to ``cfg`` (plain stacks only)."""
+def hf_config(cfg: Wav2Vec2Config, vocab_size: Optional[int] = None, *, transformers_only: bool = False) -> dict[str, Any]:
+    """A HuggingFace ``Wav2Vec2Config`` dictionary equivalent to ``cfg`` (plain stacks only).
+
+    The exported ``config.json`` also carries our full config under ``wav2vec2_trainer_config`` so that it loads
+    back losslessly; ``transformers_only=True`` leaves that key out, for building a ``transformers.Wav2Vec2Config``.
+    """
     if cfg.hourglass is not None:
         raise ValueError("HuggingFace Wav2Vec2 has no Hourglass encoder")
     layers = cfg.conv_layers
@@ -569,8 +573,9 @@ def hf_config(cfg: Wav2Vec2Config, vocab_size: Optional[int] = None) -> dict[str
         "eos_token_id": 2,
         "ctc_loss_reduction": "sum",
         "ctc_zero_infinity": True,
-        "wav2vec2_trainer_config": cfg.to_dict(),
     }
+    if not transformers_only:
+        d["wav2vec2_trainer_config"] = cfg.to_dict()
     if vocab_size:
         d["vocab_size"] = vocab_size
     return d

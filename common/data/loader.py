@@ -180,22 +180,36 @@ class AudioLoader:
             "plan": self.sampler.digest,
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore a position saved by :meth:`state_dict` (the data, world size and batch settings must match)."""
+    def load_state_dict(self, state: Dict[str, Any], allow_plan_change: bool = False) -> Optional[str]:
+        """Restore a position saved by :meth:`state_dict`.
+
+        The data, world size, seed and batch settings must be the saved run's, so that the rest of the epoch is
+        exactly the batches the run had not consumed. ``allow_plan_change`` (``--allow_data_plan_change``) accepts a
+        changed plan instead: the epoch goes on from the same fraction of its new batches (which utterances those
+        are is then not the uninterrupted run's). Returns a message describing that change, None otherwise.
+        """
         mine = self.state_dict()
-        for key in ("world_size", "seed", "batches_per_epoch", "plan"):
-            if key in state and str(state[key]) != str(mine[key]):
-                raise ValueError(
-                    f"cannot resume the data position: saved {key}={state[key]} but this run has {mine[key]} "
-                    "(the manifest, world size, seed or batch settings changed; resume without the data position "
-                    "to start the epoch over)"
-                )
+        changed = [f"{key} {state[key]} -> {mine[key]}" for key in ("world_size", "seed", "batches_per_epoch", "plan")
+                   if key in state and str(state[key]) != str(mine[key])]
+        saved_total = int(state.get("batches_per_epoch", len(self)))
         pos = int(state["batch_in_epoch"])
-        if not 0 <= pos <= len(self):
-            raise ValueError(f"saved batch_in_epoch={pos} outside [0, {len(self)}]")
+        if not 0 <= pos <= saved_total:
+            raise ValueError(f"saved batch_in_epoch={pos} outside [0, {saved_total}]")
+        message = None
+        if changed:
+            if not allow_plan_change:
+                raise ValueError(
+                    f"cannot resume the data position exactly: the batch plan changed ({'; '.join(changed)}): the "
+                    "manifest, world size, seed or batch settings differ from the saved run's. Restore them, or pass "
+                    "--allow_data_plan_change to continue the epoch from the same fraction of the new plan")
+            new_pos = min(len(self), round(pos * len(self) / max(saved_total, 1)))
+            message = (f"data plan changed ({'; '.join(changed)}): epoch {int(state['epoch'])} continues at batch "
+                       f"{new_pos} of {len(self)} (was {pos} of {saved_total})")
+            pos = new_pos
         self.epoch = int(state["epoch"])
         self._resume_from = pos
         self.batch_in_epoch = pos
+        return message
 
 
 def build_loader(dataset: AudioDataset, config: LoaderConfig, world_size: int = 1, rank: int = 0) -> AudioLoader:

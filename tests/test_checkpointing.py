@@ -1,0 +1,59 @@
+"""common.checkpointing: the reference's retention rule (REFERENCE.md 2.3, quirk Q7 reproduced), atomic saves, and
+resume from the newest checkpoint that loads."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from common.checkpointing import Checkpointer
+from wav2vec2.checkpoint import read_checkpoint
+
+
+def _steps(directory) -> list[int]:
+    return sorted(int(f[len("wav2vec2_update"):-3]) for f in os.listdir(directory)
+                  if f.startswith("wav2vec2_update") and f.endswith(".pt"))
+
+
+def test_retention_follows_the_reference_rule(tmp_path):
+    """Worked by hand from REFERENCE.md 2.3 (milestones 100 and 200; before registering a save, the tracked file
+    closest to each milestone is kept, ties to the smaller update; then all but those and the newest two go):
+    50 -> {50}; 100 -> {50, 100}; 150 -> keep {100}: {100, 150}; 200 -> keep {100, 150}: {100, 150, 200};
+    250 -> keep {100, 200}: {100, 200, 250}; 300 -> keep {100, 200}: {100, 200, 250, 300}."""
+    ck = Checkpointer(str(tmp_path), keep_milestones=(100, 200), log=lambda *_: None)
+    after = {}
+    for step in (50, 100, 150, 200, 250, 300):
+        ck.save({"step": step}, step)
+        after[step] = _steps(tmp_path)
+    assert after == {50: [50], 100: [50, 100], 150: [100, 150], 200: [100, 150, 200], 250: [100, 200, 250],
+                     300: [100, 200, 250, 300]}
+
+
+def test_quirk_q7_default_milestones_keep_the_earliest_plus_the_last_two(tmp_path):
+    """Q7 reproduced: the default milestones 100..400 are compared with UPDATE numbers, so with saves every 1,000
+    updates the first checkpoint is closest to all of them and is kept for ever, beside the newest two; the best file
+    is never deleted."""
+    ck = Checkpointer(str(tmp_path), log=lambda *_: None)
+    for step in range(1000, 6000, 1000):
+        ck.save({"step": step}, step, best=step == 2000)
+    assert _steps(tmp_path) == [1000, 4000, 5000]
+    assert torch.load(tmp_path / "wav2vec2_best.pt", weights_only=True) == {"step": 2000}
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path):
+    logs = []
+    ck = Checkpointer(str(tmp_path), log=logs.append)
+    ck.save({"step": 10}, 10)
+    ck.save({"step": 20}, 20)
+    path20 = tmp_path / "wav2vec2_update20.pt"
+    path20.write_bytes(path20.read_bytes()[:40])  # a copy cut short by a full disk or a killed transfer
+    (tmp_path / "wav2vec2_update30.pt.tmp").write_bytes(b"an interrupted save")  # never a candidate
+    path, state = Checkpointer(str(tmp_path), log=logs.append).load_latest(read_checkpoint)
+    assert path.endswith("wav2vec2_update10.pt") and state["step"] == 10
+    assert any("wav2vec2_update20.pt" in m and "truncated or corrupt" in m for m in logs)
+
+
+def test_no_loadable_checkpoint_gives_none(tmp_path):
+    (tmp_path / "wav2vec2_update5.pt").write_bytes(b"")
+    assert Checkpointer(str(tmp_path), log=lambda *_: None).load_latest(read_checkpoint) is None
