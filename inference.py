@@ -63,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chunk_overlap_seconds", type=float, default=None,
                    help="with --chunk_seconds: seconds (rounded to 20 ms frames) shared by consecutive windows; each "
                         "window drops half of it at each inner edge. None: a quarter of --chunk_seconds")
-    g.add_argument("--transcribe_wav", default=None, help=argparse.SUPPRESS)
-    g.add_argument("--transcribe_filelist", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--transcribe_wav", default=None,
+                   help="transcribe one 16 kHz mono audio file instead of <data>/<valid_subset>.tsv; prints "
+                        "'<file>\t<transcript>' (batch size 1 unless given)")
+    g.add_argument("--transcribe_filelist", default=None,
+                   help="transcribe the utterances of this .tsv filelist (LibriSpeech format, no transcripts "
+                        "needed, no WER); prints '<relative path>\t<transcript>' per utterance in filelist order")
     g.add_argument("--lexicon", default=None,
                    help="beam-search decoding constrained to this lexicon (WORD<TAB>W O R D | lines) instead of "
                         "greedy decoding; build one with python -m common.ngram_lm")
@@ -298,7 +302,7 @@ def beam_decode(result, decoder, progress=None, sample_rate: int = 16000, keep_l
 
 
 def run(args: argparse.Namespace) -> int:
-    from common.data import open_split
+    from common.data import AudioDataset, load_manifest, open_split, single_file_manifest
     from common.data.errors import DataError
     from common.distributed import init_distributed, shutdown
     from common.chunking import check_chunk_flags
@@ -307,9 +311,11 @@ def run(args: argparse.Namespace) -> int:
     from common.logging import build_logger, inference_metadata
     from common.progress import Progress
 
-    if args.transcribe_wav or args.transcribe_filelist:
-        raise InferenceError("--transcribe_wav/--transcribe_filelist are not supported (broken in the reference); "
-                             "write a filelist <data>/<subset>.tsv without a transcript file instead")
+    if args.transcribe_wav and args.transcribe_filelist:
+        raise InferenceError("give --transcribe_wav or --transcribe_filelist, not both")
+    transcribing = bool(args.transcribe_wav or args.transcribe_filelist)
+    if args.transcribe_wav and args.batch_size is None and args.max_duration is None:
+        args.batch_size = 1
     if args.torchscript and args.torch_compile:
         raise InferenceError("--torchscript and --torch_compile are mutually exclusive")
     if args.cuda_graphs and (args.torchscript or args.torch_compile):
@@ -348,17 +354,25 @@ def run(args: argparse.Namespace) -> int:
     if separator is None:
         LOG.warning("the dictionary has no word separator '|': each utterance is scored as one word")
 
-    tsv = os.path.join(args.data, f"{args.valid_subset}.tsv")
-    if not os.path.isfile(tsv):
-        raise InferenceError(f"filelist not found: {tsv} (--data {args.data} --valid_subset {args.valid_subset})")
-    labels_file = os.path.join(args.data, f"{args.valid_subset}.{args.labels}")
-    has_labels = os.path.isfile(labels_file)
-    if not has_labels and env.is_main:
-        print(f"No transcripts ({labels_file} not found): transcribing only, no WER.")
     try:
-        dataset = open_split(args.data, args.valid_subset, labels=args.labels if has_labels else None,
-                             dictionary=dictionary, sample_rate=args.sample_rate,
-                             normalize=bool(loaded.config.normalize))
+        if transcribing:
+            tsv = args.transcribe_wav or args.transcribe_filelist
+            manifest = (single_file_manifest(args.transcribe_wav) if args.transcribe_wav
+                        else load_manifest(args.transcribe_filelist))
+            dataset = AudioDataset(manifest=manifest, dictionary=dictionary, sample_rate=args.sample_rate,
+                                   normalize=bool(loaded.config.normalize))
+        else:
+            tsv = os.path.join(args.data, f"{args.valid_subset}.tsv")
+            if not os.path.isfile(tsv):
+                raise InferenceError(f"filelist not found: {tsv} (--data {args.data} --valid_subset "
+                                     f"{args.valid_subset})")
+            labels_file = os.path.join(args.data, f"{args.valid_subset}.{args.labels}")
+            has_labels = os.path.isfile(labels_file)
+            if not has_labels and env.is_main:
+                print(f"No transcripts ({labels_file} not found): transcribing only, no WER.")
+            dataset = open_split(args.data, args.valid_subset, labels=args.labels if has_labels else None,
+                                 dictionary=dictionary, sample_rate=args.sample_rate,
+                                 normalize=bool(loaded.config.normalize))
     except (DataError, FileNotFoundError) as exc:
         raise InferenceError(str(exc)) from None
 
@@ -448,6 +462,9 @@ def run(args: argparse.Namespace) -> int:
                       "enough, or the dictionary / blank index does not match the model (PITFALLS #11)")
         if chunking is not None:
             print(_chunking_line(chunking, result))
+        if transcribing and args.steps == 0:
+            for u in result.utterances:
+                print(f"{names[u.index]}\t{' '.join(u.hypothesis.split())}")
         if "decoder_rtf" in summary:
             print(f"Beam search ({args.decoder_backend}): {summary['decode_time_s']:.2f} s for {decoded_audio_s:.1f} s "
                   f"of audio, {1000.0 * summary['decoder_rtf']:.1f} ms per second of audio"
@@ -463,9 +480,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from common.data.errors import DataError
+
     try:
         return run(args)
-    except InferenceError as exc:
+    except (InferenceError, DataError) as exc:  # DataError: an audio file of the filelist, read during the run
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -247,6 +247,39 @@ def test_filelist_without_transcripts_transcribes_only(setup, tmp_path):
     assert "eval_wer" not in _wer(str(out))
 
 
+def test_transcribe_wav_and_filelist(setup, tmp_path, capsys):
+    """Q29 fixed: --transcribe_wav prints the transcript of one file, --transcribe_filelist those of a filelist kept
+    anywhere; both equal the hypotheses of the ordinary filelist run (oracle: its predictions file)."""
+    import soundfile as sf
+
+    ref, _ = _run_inprocess(setup, "transcribe_ref", "--batch_size", "4")
+    expected = {row[0]: " ".join(row[2].split()) for row in ref[1:]}
+    with open(os.path.join(setup["data"], "valid.tsv")) as fh:
+        root, first = fh.readline().strip(), fh.readline().split("\t")[0]
+    wav = os.path.join(root, first)
+    common = ["--w2v_path", setup["ckpt"], "--output_dir", str(tmp_path / "out"), "--num_workers", "0", "--cpu"]
+    capsys.readouterr()
+    assert inference.main([*common, "--transcribe_wav", wav]) == 0
+    out = capsys.readouterr().out
+    assert f"{os.path.basename(wav)}\t{expected[first]}" in out.splitlines()
+    filelist = tmp_path / "elsewhere.tsv"
+    with open(os.path.join(setup["data"], "valid.tsv")) as src:
+        filelist.write_text(src.read())
+    assert inference.main([*common, "--transcribe_filelist", str(filelist), "--batch_size", "3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "\t" in line]
+    assert lines == [f"{name}\t{hyp}" for name, hyp in expected.items()]
+
+    assert inference.main([*common, "--transcribe_wav", wav, "--transcribe_filelist", str(filelist)]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert inference.main([*common, "--transcribe_wav", str(tmp_path / "missing.wav")]) == 2
+    assert "audio file not found" in capsys.readouterr().err
+    slow = tmp_path / "8k.wav"
+    sf.write(str(slow), sf.read(wav)[0][::2], 8000)
+    assert inference.main([*common, "--transcribe_wav", str(slow)]) == 2
+    err = capsys.readouterr().err
+    assert "8k.wav" in err and "8000 Hz" in err
+
+
 def test_cuda_graphs_need_cuda(setup, capsys):
     err = _fails(setup, capsys, "graphs_cpu", "--cuda_graphs")
     assert "--cuda_graphs needs a CUDA device" in err

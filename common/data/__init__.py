@@ -11,12 +11,12 @@ from common.data.dataset import AudioDataset, open_split
 from common.data.dictionary import Dictionary
 from common.data.errors import DataError
 from common.data.loader import AudioLoader, DataSummary, LoaderConfig, build_loader
-from common.data.manifest import Labels, Manifest, load_labels, load_manifest
+from common.data.manifest import Labels, Manifest, load_labels, load_manifest, single_file_manifest
 from common.data.sampler import BatchPlan, ShardedBatchSampler, balance_for_ranks, epoch_order
 
 __all__ = [
     "AudioDataset", "AudioLoader", "BatchPlan", "Collater", "DataError", "DataSummary", "Dictionary", "Labels",
     "LoaderConfig", "Manifest", "ShardedBatchSampler", "balance_for_ranks", "batch_by_size", "build_loader",
     "concat_batches", "epoch_order", "filter_by_size", "get_bucketed_sizes", "get_buckets", "load_labels",
-    "load_manifest", "normalize_waveform", "open_split", "ordered_indices", "read_audio",
+    "load_manifest", "normalize_waveform", "open_split", "ordered_indices", "read_audio", "single_file_manifest",
 ]

@@ -114,6 +114,28 @@ def load_manifest(path: PathLike, min_sample_size: Optional[int] = None) -> Mani
     )
 
 
+def single_file_manifest(path: PathLike) -> Manifest:
+    """A one-entry manifest for an audio file (``inference.py --transcribe_wav``); its length is read from the file's
+    header. The sample rate and channel count are checked when the audio is read.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        DataError: the header cannot be decoded.
+    """
+    import soundfile as sf
+
+    fspath = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(fspath):
+        raise FileNotFoundError(f"audio file not found: {fspath}")
+    try:
+        frames = int(sf.info(fspath).frames)
+    except (sf.SoundFileError, RuntimeError) as e:
+        raise DataError(f"cannot decode audio file {fspath}: {e}") from e
+    return Manifest(path=fspath, root=os.path.dirname(fspath), files=[os.path.basename(fspath)],
+                    sizes=np.asarray([frames], dtype=np.int64), line_numbers=np.asarray([1], dtype=np.int64),
+                    num_entries=1)
+
+
 @dataclass
 class Labels:
     """Transcripts aligned with the kept entries of a manifest.
