@@ -116,6 +116,13 @@ def _dictionary(args: argparse.Namespace, ckpt_labels: Optional[str], vocab_size
         raise InferenceError(
             f"dictionary size mismatch: {source} has {len(dictionary)} symbols (incl. 4 special) but the model "
             f"{args.w2v_path} outputs {vocab_size} classes; use the dictionary the model was fine-tuned with")
+    if args.labels_path and ckpt_labels:
+        stored = Dictionary.from_text(ckpt_labels, source=f"{args.w2v_path} (output_labels)")
+        if list(stored.symbols) != list(dictionary.symbols):
+            raise InferenceError(
+                f"--labels_path {args.labels_path} lists other symbols (or another order) than the dictionary stored "
+                f"in {args.w2v_path}: the model's outputs would be read as the wrong letters; omit --labels_path to "
+                "use the stored one")
     return dictionary
 
 
@@ -375,6 +382,8 @@ def run(args: argparse.Namespace) -> int:
                                  normalize=bool(loaded.config.normalize))
     except (DataError, FileNotFoundError) as exc:
         raise InferenceError(str(exc)) from None
+    if len(dataset) == 0:
+        raise InferenceError(f"{tsv} lists no utterances")
 
     batches = plan_batches(dataset.sizes, batch_size=args.batch_size, max_duration=args.max_duration,
                            sample_rate=args.sample_rate, drop_last=args.steps > 0 and args.max_duration is None)
@@ -480,12 +489,12 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from common.data.errors import DataError
+    from common.data.errors import DataError, error_message
 
     try:
         return run(args)
-    except (InferenceError, DataError) as exc:  # DataError: an audio file of the filelist, read during the run
-        print(f"error: {exc}", file=sys.stderr)
+    except (InferenceError, DataError, OSError) as exc:  # DataError / OSError: a file read or written during the run
+        print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
 
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from common.args import add_common_args
-from common.checkpointing import Checkpointer
+from common.checkpointing import Checkpointer, UnreadableCheckpointsError
 from common.data import Dictionary, LoaderConfig, build_loader, open_split
-from common.data.errors import DataError
+from common.data.errors import DataError, error_message
 from common.distributed import all_reduce_sum, init_distributed, shutdown
 from common.health import HealthConfig, HealthMonitor
 from common.logging import TensorBoardLogger, build_logger, training_metadata
@@ -146,6 +146,17 @@ def health_config(args: argparse.Namespace, latent_groups: int) -> HealthConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except (DataError, OSError, UnreadableCheckpointsError) as exc:
+        # a file read or written during the run (an audio file, the output directory, every checkpoint unreadable):
+        # one line naming it; the trainer has saved what it could
+        print(f"error: {error_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """The run of parsed ``args``; returns the exit status."""
     env = init_distributed(cpu=args.cpu, device=args.device)
     print_fn = print if env.is_main else (lambda *a, **k: None)
     if env.distributed:

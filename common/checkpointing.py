@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-__all__ = ["atomic_torch_save", "Checkpointer"]
+__all__ = ["atomic_torch_save", "Checkpointer", "UnreadableCheckpointsError"]
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
@@ -81,10 +81,27 @@ class Checkpointer:
         return path
 
     def load_latest(self, reader: Callable[[str], dict]) -> Optional[tuple[str, dict]]:
-        """The newest tracked checkpoint that loads; unreadable ones are reported and skipped."""
-        for step, path in reversed(self._scan()):
+        """The newest tracked checkpoint that loads; unreadable ones are reported and skipped. None when there is
+        no checkpoint at all.
+
+        Raises:
+            UnreadableCheckpointsError: checkpoints exist but none loads (restarting from update 0 would silently
+                overwrite them).
+        """
+        found = self._scan()
+        for step, path in reversed(found):
             try:
                 return path, reader(path)
             except Exception as exc:  # noqa: BLE001 - a corrupt file must not stop the resume
                 self.log(f"WARNING: cannot load {path} ({exc}); trying an older checkpoint")
+        if found:
+            best = f"; {self.best_path} may still load (--ckpt {self.best_path} resumes from it)" \
+                if os.path.exists(self.best_path) else ""
+            raise UnreadableCheckpointsError(
+                f"--resume: none of the {len(found)} checkpoints in {self.output_dir} can be read "
+                f"({', '.join(os.path.basename(p) for _, p in found)}){best}; move them away to start afresh")
         return None
+
+
+class UnreadableCheckpointsError(RuntimeError):
+    """Every checkpoint found for ``--resume`` is truncated or corrupt."""

@@ -45,13 +45,15 @@ def _split_key(key: str) -> Optional[Tuple[str, str]]:
 
 def collect_series(records: Sequence[Mapping[str, Any]]) -> Tuple[Dict[str, List[Tuple[float, float]]], str]:
     """``({"train_loss": [(x, y), ...], ...}, x_label)`` from parsed dllogger records (LOG records with a step list
-    of length 1 or 3; PARAMETER and end-of-job ``[]`` records are skipped)."""
+    of length 1 or 3; PARAMETER and end-of-job ``[]`` records are skipped). Points are sorted by x; where a log
+    holds an x twice (the job-appended log of a run resumed from an earlier checkpoint repeats those updates), the
+    later record wins."""
     logs = [r for r in records if r.get("type") == "LOG" and isinstance(r.get("step"), list) and r["step"]]
     spe = None
     for r in logs:
         if len(r["step"]) >= 3:
             spe = r["step"][2]
-    series: Dict[str, List[Tuple[float, float]]] = {}
+    points: Dict[str, Dict[float, float]] = {}
     for r in logs:
         step = r["step"]
         if len(step) >= 2:
@@ -60,7 +62,8 @@ def collect_series(records: Sequence[Mapping[str, Any]]) -> Tuple[Dict[str, List
             x = step[0] * spe if spe else step[0]
         for key, value in r.get("data", {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                series.setdefault(key, []).append((float(x), float(value)))
+                points.setdefault(key, {})[float(x)] = float(value)  # a resumed run's repeat replaces the first
+    series = {key: sorted(xy.items()) for key, xy in points.items()}
     return series, ("update" if spe else "epoch")
 
 

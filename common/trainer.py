@@ -109,8 +109,8 @@ class ExponentialMovingAverage:
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
 
 
-class _StopRequested(Exception):
-    pass
+class _BatchFetchError(Exception):
+    """Fetching a training batch raised (its cause): the update was not applied and the state can be saved."""
 
 
 def is_reference_training_checkpoint(ckpt: Mapping[str, Any]) -> bool:
@@ -258,6 +258,18 @@ class Trainer:
         self.print(f"{source}: resuming a reference ({ckpt['train_state'].get('optimizer_type')}) checkpoint: "
                    "optimizer moments and loss scale converted; data position, RNG streams and metrics start afresh")
 
+    def _save_before_data_failure(self, position: int) -> None:
+        """Reading a batch of the update failed (the update was not applied): save the state after the previous
+        update, with the data position at the failed update's first batch, so that a resume after the data is fixed
+        repeats it instead of losing every update since the last checkpoint."""
+        self.state.step -= 1
+        self.train_loader.batch_in_epoch = position
+        self.metrics.discard()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.print(f"Reading the data of update {self.state.step + 1} failed: saving the state after update "
+                   f"{self.state.step}; fix the data, then --resume repeats the failed update")
+        self.save()
+
     def save(self, best: bool = False) -> None:
         if self.cfg.no_save or not self.env.is_main:
             return
@@ -289,7 +301,12 @@ class Trainer:
         loss_sum = 0.0
         finite = True
         for j in range(cfg.update_freq):
-            batch = next(batches)
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise
+            except Exception as exc:  # an unreadable audio file, a worker that died, ...
+                raise _BatchFetchError() from exc
             self._seed_micro_batch(j * env.world_size + env.rank)
             with self.precision.autocast():
                 loss, ss, log = self.task.train_step(self.model, self._to_device(batch), self.generator)
@@ -388,8 +405,13 @@ class Trainer:
             self.metrics.start_scope("train", timer=False)
             it = iter(loader)
             while done_in_epoch < steps_per_epoch and self.state.step < cfg.max_update:
+                position = loader.batch_in_epoch
                 self.metrics.start_timer("train")
-                self._update(it)
+                try:
+                    self._update(it)
+                except _BatchFetchError as failure:
+                    self._save_before_data_failure(position)
+                    raise failure.__cause__  # type: ignore[misc]
                 self.metrics.stop_timer("train")
                 ran_updates = True
                 done_in_epoch += 1
@@ -413,7 +435,12 @@ class Trainer:
             self._log("train_avg", (epoch,), res, self.metrics)
             best = False
             if cfg.validate and self.valid_loader is not None:
-                best = self.validate()
+                try:
+                    best = self.validate()
+                except Exception:
+                    self.print("Validation failed: saving the trained epoch first (a resume validates it again)")
+                    self.save()
+                    raise
             self.state.epoch += 1
             loader.set_epoch(self.state.epoch)
             if epoch % cfg.save_frequency == 0 or best or self.state.step >= cfg.max_update:
@@ -436,7 +463,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> bool:
-        """One pass over the validation loader; returns True on a new best (loss in pretraining, WER in fine-tuning)."""
+        """One pass over the validation loader; returns True on a new best (loss in pretraining, WER in fine-tuning).
+        With ``--ema`` it runs on the EMA weights; the trained weights and train mode come back even if it fails."""
         self.print("Validating...")
         model = self.model
         backup = None
@@ -444,10 +472,27 @@ class Trainer:
             backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
             self.ema.copy_to(model)
         model.eval()
+        try:
+            res = self._validation_pass(model)
+        finally:
+            model.train()
+            if backup is not None:
+                model.load_state_dict(backup)
+        if self.cfg.best_metric == "wer" and "wer" in res:
+            best = res["wer"] < self.state.best_val_wer
+            self.state.best_val_wer = min(self.state.best_val_wer, res["wer"])
+        else:
+            best = res.get("loss", math.inf) < self.state.best_val_loss
+            self.state.best_val_loss = min(self.state.best_val_loss, res.get("loss", math.inf))
+        return best
+
+    def _validation_pass(self, model: nn.Module) -> dict:
         vm = self.valid_metrics
         vm.start_scope("val", sync=True)
         loader = self.valid_loader
         loader.set_epoch(1)
+        progress = (Progress(total=len(loader), desc="validation", unit="batches")
+                    if self.env.is_main and len(loader) > 1 else None)
         keys: Optional[list[str]] = None
         for i, batch in enumerate(loader):
             self._seed_micro_batch(10**6 + i)  # validation randomness (masks, negatives) is fixed per batch
@@ -462,17 +507,12 @@ class Trainer:
             vm.log(log)
             vm.all_reduce(self.env.world_size)
             vm.accumulate()
+            if progress is not None:
+                progress.update(1)
+        if progress is not None:
+            progress.close()
         res = vm.finish_scope("val", sync=True)
         self._log("val", (self.state.epoch,), res, vm)
         self._last_val = vm.dllogger_data("val", res)
         self._check_health(res, self.val_health)
-        model.train()
-        if backup is not None:
-            model.load_state_dict(backup)
-        if self.cfg.best_metric == "wer" and "wer" in res:
-            best = res["wer"] < self.state.best_val_wer
-            self.state.best_val_wer = min(self.state.best_val_wer, res["wer"])
-        else:
-            best = res.get("loss", math.inf) < self.state.best_val_loss
-            self.state.best_val_loss = min(self.state.best_val_loss, res.get("loss", math.inf))
-        return best
+        return res

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
-from common.checkpointing import Checkpointer
+from common.checkpointing import Checkpointer, UnreadableCheckpointsError
 from wav2vec2.checkpoint import read_checkpoint
 
 
@@ -54,6 +55,12 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path):
     assert any("wav2vec2_update20.pt" in m and "truncated or corrupt" in m for m in logs)
 
 
-def test_no_loadable_checkpoint_gives_none(tmp_path):
-    (tmp_path / "wav2vec2_update5.pt").write_bytes(b"")
+def test_no_checkpoint_gives_none_but_only_unreadable_ones_are_an_error(tmp_path):
+    """Nothing to resume: None (a fresh start). Checkpoints that all fail to load: an error naming them (a fresh
+    start would overwrite them), pointing at the best checkpoint when there is one."""
     assert Checkpointer(str(tmp_path), log=lambda *_: None).load_latest(read_checkpoint) is None
+    (tmp_path / "wav2vec2_update5.pt").write_bytes(b"")
+    (tmp_path / "wav2vec2_best.pt").write_bytes(b"")
+    with pytest.raises(UnreadableCheckpointsError, match="wav2vec2_update5.pt") as info:
+        Checkpointer(str(tmp_path), log=lambda *_: None).load_latest(read_checkpoint)
+    assert "--ckpt" in str(info.value) and "wav2vec2_best.pt" in str(info.value)

@@ -287,3 +287,61 @@ def test_cuda_graphs_need_cuda(setup, capsys):
     assert "--cuda_graphs replays the eager model" in err
     err = _fails(setup, capsys, "graphs_pad", "--cuda_graphs", "--cuda_graph_pad", "-1")
     assert "--cuda_graph_pad must be >= 0" in err
+
+
+def _corpus_copy(setup, tmp_path):
+    import shutil
+
+    data = tmp_path / "copy"
+    shutil.copytree(setup["data"], data)
+    tsv = (data / "valid.tsv").read_text().splitlines()
+    tsv[0] = str(data / "valid")
+    (data / "valid.tsv").write_text("\n".join(tsv) + "\n")
+    return data
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_bad_audio_during_the_run_is_one_clear_line(setup, tmp_path, capsys, workers):
+    """A missing and an 8 kHz file found while evaluating (also inside a DataLoader worker, whose traceback torch
+    wraps into the message): exit status 2 and one line naming the file and its filelist line."""
+    import soundfile as sf
+
+    data = _corpus_copy(setup, tmp_path)
+    common = ["--w2v_path", setup["ckpt"], "--data", str(data), "--valid_subset", "valid", "--output_dir",
+              str(tmp_path / "out"), "--num_workers", workers, "--cpu", "--batch_size", "2"]
+    wave, _ = sf.read(str(data / "valid" / "utt002.flac"))
+    sf.write(str(data / "valid" / "utt002.flac"), wave[::2], 8000)
+    assert inference.main(common) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the progress lines
+    assert last.startswith("error: audio file") and "utt002.flac" in last and "valid.tsv:4" in last
+    assert "Traceback" not in err and "8000 Hz" in last
+    os.remove(data / "valid" / "utt002.flac")
+    assert inference.main(common) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: audio file not found") and "valid.tsv:4" in last and "Traceback" not in err
+
+
+def test_empty_filelist_and_foreign_dictionary(setup, tmp_path, capsys):
+    data = _corpus_copy(setup, tmp_path)
+    (data / "empty.tsv").write_text(str(data / "valid") + "\n")
+    common = ["--w2v_path", setup["ckpt"], "--data", str(data), "--output_dir", str(tmp_path / "out"),
+              "--num_workers", "0", "--cpu", "--batch_size", "2"]
+    assert inference.main([*common, "--valid_subset", "empty"]) == 2
+    assert "empty.tsv lists no utterances" in capsys.readouterr().err
+    # the stored dictionary's symbols in another order: same size, so only the comparison can catch it
+    lines = (data / "dict.ltr.txt").read_text().splitlines()
+    (data / "reversed.txt").write_text("\n".join(reversed(lines)) + "\n")
+    assert inference.main([*common, "--valid_subset", "valid", "--labels_path", str(data / "reversed.txt")]) == 2
+    assert "lists other symbols" in capsys.readouterr().err
+    # the same dictionary as stored: accepted
+    assert inference.main([*common, "--valid_subset", "valid", "--labels_path", str(data / "dict.ltr.txt")]) == 0
+
+
+def test_unwritable_output_dir(setup, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert inference.main(_args(setup, blocker / "out", "--batch_size", "2")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "a_file" in err and "Traceback" not in err

@@ -441,3 +441,118 @@ def test_validate_bad_dictionary_and_manifest_name_the_line(vdata):
     (d / "dev-clean.tsv").write_text("/x\na.flac 12\n")
     with pytest.raises(DataToolError, match=r"dev-clean\.tsv:2: expected 2 tab-separated fields"):
         validate.validate(str(d), "dev-clean", labels=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# truncated WAV files (libsndfile reports the frames present, so the manifest would agree)
+# ---------------------------------------------------------------------------------------------
+
+def _truncated_wav_dir(tmp_path: Path) -> Path:
+    """``wavs/good.wav`` (6000 samples) and ``wavs/cut.wav``: 18842 samples declared, 9410 present."""
+    d = tmp_path / "wavs"
+    d.mkdir()
+    sf.write(str(d / "good.wav"), _audio(6000, 0), SR, subtype="PCM_16")
+    sf.write(str(d / "cut.wav"), _audio(18842, 1), SR, subtype="PCM_16")
+    (d / "cut.wav").write_bytes((d / "cut.wav").read_bytes()[: 44 + 18820])
+    assert sf.info(str(d / "cut.wav")).frames == 9410
+    return d
+
+
+def test_generate_filelist_reports_truncated_wav_and_writes_nothing(tmp_path, capsys):
+    d = _truncated_wav_dir(tmp_path)
+    out = tmp_path / "w.tsv"
+    with pytest.raises(DataToolError, match=r"truncated WAV .*cut\.wav: header declares 18842 frames, file holds 9410"):
+        generate_filelist.build_manifest(str(d), "wav")
+    assert generate_filelist.run_main(generate_filelist.main, [str(d), str(out), "--extension", "wav"]) == 1
+    assert "ERROR: truncated WAV" in capsys.readouterr().err
+    assert not out.exists()  # no manifest with a wrong size
+    (d / "cut.wav").unlink()
+    assert generate_filelist.main([str(d), str(out), "--extension", "wav", "--quiet"]) == 0
+    assert out.read_text() == f"{d}\ngood.wav\t6000\n"
+    from common.data.audio import WAV_FORMATS
+    assert generate_filelist.WAV_FORMATS == WAV_FORMATS  # the tools' copy (kept free of the torch import)
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_validate_reports_truncated_wav(tmp_path, capsys, decode):
+    d = _truncated_wav_dir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    # the manifest a listing made after the truncation would hold: it agrees with the short file
+    (data / "train.tsv").write_text(f"{d}\ncut.wav\t9410\ngood.wav\t6000\n")
+    rep = validate.validate(str(data), "train", labels=None, decode=decode)
+    assert rep.unreadable["truncated"] == 1 and rep.n_unreadable == 1 and rep.kept == 1 and rep.size_mismatch == 0
+    assert rep.examples["truncated"] == [f"{data / 'train.tsv'}:2 cut.wav: truncated WAV: header declares 18842 "
+                                         "frames, file holds 9410"]
+    argv = ["--data", str(data), "--subset", "train", "--labels", "none", "--quiet"] + (["--decode"] if decode else [])
+    assert validate.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "truncated 1" in out and "first files truncated audio:" in out and "1 unreadable audio file(s)" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# progress lines of the long-running tools (whole lines on stderr, also when it is no terminal)
+# ---------------------------------------------------------------------------------------------
+
+def _progress_lines(err: str, desc: str) -> list:
+    return [line for line in err.splitlines() if line.startswith(desc)]
+
+
+def test_generate_filelist_progress(tmp_path, downloaded, capsys):
+    src = str(downloaded / "LibriSpeech" / "train-clean-100")
+    assert generate_filelist.main([src, str(tmp_path / "a.tsv"), "--progress-interval", "0"]) == 0
+    lines = _progress_lines(capsys.readouterr().err, f"generate_filelist {src}: ")
+    assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all(" files/s elapsed " in line and " ETA " in line for line in lines)
+    assert generate_filelist.main([src, str(tmp_path / "b.tsv")]) == 0  # default interval: first and last only
+    assert len(_progress_lines(capsys.readouterr().err, "generate_filelist")) == 2
+    assert generate_filelist.main([src, str(tmp_path / "c.tsv"), "--quiet"]) == 0
+    assert not _progress_lines(capsys.readouterr().err, "generate_filelist")
+
+
+def test_validate_progress_goes_to_stderr(vdata, capsys):
+    d, _ = vdata
+    assert validate.main(["--data", str(d), "--subset", "dev-clean", "--progress-interval", "0"]) == 0
+    captured = capsys.readouterr()
+    lines = _progress_lines(captured.err, f"validate {d / 'dev-clean.tsv'}: ")
+    assert [line.split()[2] for line in lines] == ["1/2", "2/2"]
+    assert all(" files/s elapsed " in line and " ETA " in line for line in lines)
+    assert " files/s " not in captured.out and "RESULT: OK" in captured.out  # the report stays clean
+
+
+def test_download_checksum_and_extraction_progress(mirror, tmp_path, capsys):
+    mirror_dir, sums = mirror
+    argv = [str(tmp_path), "--subsets", "dev-clean", "--base_url", str(mirror_dir),
+            "--md5", f"dev-clean={sums['dev-clean']}", "--progress_interval", "0"]
+    assert download_librispeech.main(argv) == 0
+    err = capsys.readouterr().err
+    assert [line.split()[2] for line in _progress_lines(err, "verifying dev-clean.tar.gz: ")] == ["1/1"]
+    assert [line.split()[2] for line in _progress_lines(err, "listing dev-clean.tar.gz: ")] == ["1/1"]
+    with tarfile.open(mirror_dir / "dev-clean.tar.gz") as tar:
+        n = len(tar.getmembers())
+    extracting = _progress_lines(err, "extracting dev-clean.tar.gz: ")
+    assert [line.split()[2] for line in extracting] == [f"{i}/{n}" for i in range(1, n + 1)]
+    assert all(" members/s elapsed " in line and " ETA " in line for line in extracting)
+    assert (tmp_path / "LibriSpeech" / "dev-clean" / CORPUS["dev-clean"][0][0]).is_file()
+
+
+def test_md5sum_and_extract_progress_on_multi_mib_inputs(tmp_path, capsys):
+    from utils.download_utils import extract, md5sum
+    blob = np.random.default_rng(0).integers(0, 256, size=(3 << 20) + 5, dtype=np.uint8).tobytes()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "blob.bin").write_bytes(blob)
+    (tmp_path / "src" / "small.txt").write_text("x")
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:  # random bytes: ~3 MiB compressed
+        tar.add(tmp_path / "src", arcname="src")
+    assert md5sum(str(archive), progress=True, interval_s=0) == hashlib.md5(archive.read_bytes()).hexdigest()
+    err = capsys.readouterr().err
+    assert [line.split()[2] for line in _progress_lines(err, "verifying a.tar.gz: ")] == ["1/4", "2/4", "3/4", "4/4"]
+    assert md5sum(str(archive)) == hashlib.md5(archive.read_bytes()).hexdigest()  # progress off by default
+    assert capsys.readouterr().err == ""
+    extract(str(archive), str(tmp_path / "out"), progress=True, interval_s=0)
+    err = capsys.readouterr().err
+    listing = [line.split()[2] for line in _progress_lines(err, "listing a.tar.gz: ")]
+    assert listing[-1] == "4/4" and len(listing) >= 2  # MiB of the compressed archive read while listing
+    assert [line.split()[2] for line in _progress_lines(err, "extracting a.tar.gz: ")] == ["1/3", "2/3", "3/3"]
+    assert (tmp_path / "out" / "src" / "blob.bin").read_bytes() == blob

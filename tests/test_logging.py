@@ -206,6 +206,20 @@ def test_plot_series_from_log(tmp_path):
     assert "lr" not in series
 
 
+def test_plot_series_of_a_resumed_run(tmp_path):
+    """A job resumed from update 10 after reaching update 20 appends updates 15, 20 and 25 again to the same log:
+    each update appears once, in order, with the resumed job's value."""
+    path = str(tmp_path / "nvlog.json")
+    logger = MetricLogger([JSONStreamWriter(wlog.Verbosity.VERBOSE, path)], clock=Clock())
+    for (epoch, it), loss in zip([(1, 5), (1, 10), (2, 5), (2, 10)], [4.0, 3.0, 2.5, 2.0]):
+        logger.log((epoch, it, 10), {"train_loss": loss})
+    for (epoch, it), loss in zip([(2, 5), (2, 10), (3, 5)], [2.4, 1.9, 1.5]):  # the resumed job
+        logger.log((epoch, it, 10), {"train_loss": loss})
+    logger.close()
+    series, _ = collect_series(read_dllogger_log(path))
+    assert series["train_loss"] == [(5.0, 4.0), (10.0, 3.0), (15.0, 2.4), (20.0, 1.9), (25.0, 1.5)]
+
+
 def test_plot_cli(tmp_path):
     path = str(tmp_path / "nvlog.json")
     _write_training_log(path)

@@ -509,3 +509,94 @@ def test_resume_with_changed_batch_settings(tiny_corpus, tmp_path):
     res = _run_train([*changed, "--allow_data_plan_change"])
     assert "data plan changed" in res.stdout
     assert os.path.exists(os.path.join(out, "wav2vec2_update6.pt"))
+
+
+class _FailingLoader(_ToyLoader):
+    """The toy loader whose batch ``bad`` of epoch 1 cannot be read (until ``fixed``)."""
+
+    def __init__(self, n, bad):
+        super().__init__(n)
+        self.bad, self.fixed = bad, False
+
+    def __iter__(self):
+        for i, batch in zip(range(self._resume, self.n), super().__iter__()):
+            if i == self.bad and self.epoch == 1 and not self.fixed:
+                from common.data.errors import DataError
+
+                raise DataError(f"audio file utt{i}.flac (listed at train.tsv:{i + 2}) cannot be decoded")
+            yield batch
+
+
+def test_a_data_error_mid_update_saves_the_last_applied_update(tmp_path):
+    """Batch 3 (the second micro-batch of update 2) cannot be read: the error propagates, and update 1's state is on
+    disk with the data position at update 2's first batch; after the fix, --resume repeats update 2 and the run ends
+    with the uninterrupted run's weights."""
+    from common.data.errors import DataError
+
+    ref, ref_model, _ = _toy_trainer(tmp_path / "ref", _ToyTask(), max_update=3, update_freq=2, no_save=True)
+    ref.fit()
+    run, _, _ = _toy_trainer(tmp_path / "run", _ToyTask(), max_update=3, update_freq=2, validate=False)
+    run.train_loader = _FailingLoader(6, bad=3)
+    with pytest.raises(DataError, match="utt3.flac"):
+        run.fit()
+    saved = torch.load(tmp_path / "run" / "wav2vec2_update1.pt", weights_only=True)
+    assert saved["train_state"]["step"] == 1 and saved["data"]["batch_in_epoch"] == 2
+    assert not (tmp_path / "run" / "wav2vec2_update2.pt").exists()
+    resumed, model, _ = _toy_trainer(tmp_path / "resumed", _ToyTask(), max_update=3, update_freq=2, no_save=True)
+    resumed.load_state_dict(saved)
+    resumed.fit()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref_model.state_dict().values()))
+
+
+def test_a_failing_validation_saves_the_trained_epoch_first(tmp_path):
+    """A validation file that cannot be read must not cost the epoch just trained (with --ema the trained weights,
+    not the EMA ones, are what is saved)."""
+    from common.data.errors import DataError
+
+    trainer, model, _ = _toy_trainer(tmp_path, _ToyTask(), max_update=3, validate=True, ema=0.5)
+    trainer.valid_loader = _FailingLoader(3, bad=1)
+    trained = {}
+    orig_validate = trainer.validate
+
+    def validate():
+        trained.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return orig_validate()
+
+    trainer.validate = validate
+    with pytest.raises(DataError, match="utt1.flac"):
+        trainer.fit()
+    saved = torch.load(tmp_path / "wav2vec2_update3.pt", weights_only=True)
+    assert saved["train_state"]["step"] == 3
+    assert all(torch.equal(saved["model"][k], trained[k]) for k in trained)
+    assert all(torch.equal(model.state_dict()[k], trained[k]) for k in trained) and model.training
+
+
+def test_cli_bad_validation_audio_and_unreadable_checkpoints(tmp_path):
+    """train.py end to end: an 8 kHz file in the validation split stops the run with one error line naming it (no
+    traceback) after the trained epoch was saved; then --resume with every checkpoint truncated refuses to restart
+    from update 0 over them."""
+    import soundfile as sf
+
+    from conftest import make_corpus
+
+    corpus = make_corpus(str(tmp_path / "corpus"), n_train=8, n_valid=3)
+    bad = os.path.join(corpus, "valid", "utt001.flac")
+    wave, _ = sf.read(bad)
+    sf.write(bad, wave[::2], 8000)
+    out = str(tmp_path / "run")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    args = [sys.executable, os.path.join(ROOT, "train.py"), *_pretrain_args(corpus, out, "--max_update", "50")]
+    res = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "utt001.flac" in res.stderr and "8000 Hz" in res.stderr
+    assert "valid.tsv:3" in res.stderr  # the filelist line
+    saved = [f for f in os.listdir(out) if f.startswith("wav2vec2_update")]
+    assert len(saved) == 1, os.listdir(out)  # the epoch trained before validation failed
+    path = os.path.join(out, saved[0])
+    with open(path, "rb") as fh:
+        head = fh.read(200)
+    with open(path, "wb") as fh:
+        fh.write(head)
+    res = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "none of the 1 checkpoints" in res.stderr and saved[0] in res.stderr

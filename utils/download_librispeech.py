@@ -10,7 +10,10 @@ download left as ``.tar.gz.tmp`` is resumed), its MD5 sum is checked against the
 (a mismatch is an ERROR: the file is renamed to ``.tar.gz.bad`` so that a rerun downloads it again,
 and the tool exits with status 1) and the tarball is extracted into EXTRACT_DIR (default DEST),
 giving ``<EXTRACT_DIR>/LibriSpeech/<subset>/...``. Extraction writes a marker
-``.<subset>.tar.gz.extracted`` in EXTRACT_DIR and is skipped on later runs.
+``.<subset>.tar.gz.extracted`` in EXTRACT_DIR and is skipped on later runs. Every stage reports
+progress on stderr (download: a line updated in place; MD5 check: MiB hashed; extraction: MiB of the
+archive listed, then members extracted; the last two as whole lines with rate and ETA every
+``--progress_interval`` seconds); ``--quiet`` turns it off.
 
 ``--base_url`` replaces ``https://www.openslr.org/resources/12`` (a mirror, a local directory or a
 ``file://`` URL); ``--md5 NAME=HEX`` adds or overrides a checksum (used by the tests).
@@ -22,7 +25,7 @@ import os
 import sys
 
 from .common import DataToolError, run_main
-from .download_utils import download_file, extract, join_url, md5sum
+from .download_utils import PROGRESS_INTERVAL_S, download_file, extract, join_url, md5sum
 
 DEFAULT_BASE_URL = "https://www.openslr.org/resources/12"
 
@@ -56,7 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--md5", action="append", default=[], metavar="NAME=HEX",
                    help="add/override the expected MD5 of subset NAME (repeatable)")
     p.add_argument("--no_resume", action="store_true", help="discard partial .tmp downloads")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--progress_interval", type=float, default=PROGRESS_INTERVAL_S, metavar="SECONDS",
+                   help="seconds between progress lines of the MD5 check and the extraction "
+                        f"(default {PROGRESS_INTERVAL_S:g})")
     return p.parse_args(argv)
 
 
@@ -71,13 +77,14 @@ def expected_md5(args: argparse.Namespace) -> dict:
     return sums
 
 
-def verify(path: str, subset: str, sums: dict) -> None:
+def verify(path: str, subset: str, sums: dict, *, progress: bool = False,
+           interval_s: float = PROGRESS_INTERVAL_S) -> None:
     """Check the MD5 of ``path``; on mismatch rename it to ``.bad`` and raise."""
     if subset not in sums:
         raise DataToolError(f"no known MD5 sum for subset {subset!r}; pass --md5 {subset}=HEX "
                             "or --skip_checksum")
     print(f"Verifying {path} ...", file=sys.stderr)
-    actual = md5sum(path)
+    actual = md5sum(path, progress=progress, interval_s=interval_s)
     if actual != sums[subset]:
         bad = path + ".bad"
         os.replace(path, bad)
@@ -103,7 +110,7 @@ def main(argv=None) -> int:
                 raise DataToolError(f"{path} does not exist (--skip_download given)")
             raise DataToolError(f"{path} missing after download")
         if not args.skip_checksum:
-            verify(path, subset, sums)
+            verify(path, subset, sums, progress=not args.quiet, interval_s=args.progress_interval)
         if not args.skip_extract:
             marker = os.path.join(extract_dir, f".{fname}.extracted")
             if os.path.exists(marker):
@@ -111,7 +118,7 @@ def main(argv=None) -> int:
                       file=sys.stderr)
                 continue
             print(f"Extracting {path} into {extract_dir} ...", file=sys.stderr)
-            extract(path, extract_dir)
+            extract(path, extract_dir, progress=not args.quiet, interval_s=args.progress_interval)
             with open(marker, "w", encoding="utf-8") as f:
                 f.write(f"{fname}\n")
     print("Done.", file=sys.stderr)

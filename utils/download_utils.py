@@ -4,9 +4,13 @@
   through ``dest + ".tmp"`` and a final rename. A leftover ``.tmp`` from an interrupted run is resumed:
   with an HTTP ``Range`` request (falling back to a full download when the server ignores it), or by
   seeking for local files. A progress line with size, rate and ETA is printed to stderr.
-* :func:`md5sum` hashes a file in 1 MiB chunks.
+* :func:`md5sum` hashes a file in 1 MiB chunks (with ``progress=True``: MiB hashed, rate and ETA).
 * :func:`extract` unpacks ``.tar.gz``/``.tgz``/``.tar`` archives, refusing members that would land
-  outside the destination.
+  outside the destination (with ``progress=True``: MiB of the archive read while listing its members,
+  then members extracted, each with rate and ETA).
+
+Progress for hashing and extraction goes through :class:`common.progress.Progress`: whole lines on
+stderr at most every ``interval_s`` seconds (so they also show in logs, where stderr is no terminal).
 """
 from __future__ import annotations
 
@@ -19,9 +23,24 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from common.progress import Progress
+
 from .common import DataToolError, format_duration
 
 CHUNK_SIZE = 1 << 20  # 1 MiB, as the reference
+MIB = 1 << 20
+PROGRESS_INTERVAL_S = 10.0  # seconds between progress lines of hashing and extraction
+
+
+def _mib(n_bytes: int) -> int:
+    """Bytes -> whole MiB, rounded up (so that the last partial MiB completes the count)."""
+    return -(-n_bytes // MIB)
+
+
+def _advance(prog: Progress, done: int) -> None:
+    """Move ``prog`` forward to ``done`` (no call for no progress: a completed Progress prints on every update)."""
+    if done > prog.done:
+        prog.update(done - prog.done)
 
 
 class _Progress:
@@ -165,12 +184,19 @@ def _download_http(url: str, tmp: str, offset: int, name: str, progress: bool, c
                             f"partial data kept in {tmp}, rerun to resume")
 
 
-def md5sum(path: str, chunk_size: int = CHUNK_SIZE) -> str:
-    """Hex MD5 digest of a file."""
+def md5sum(path: str, chunk_size: int = CHUNK_SIZE, *, progress: bool = False,
+           interval_s: float = PROGRESS_INTERVAL_S) -> str:
+    """Hex MD5 digest of a file; with ``progress``, a line of MiB hashed, rate and ETA every ``interval_s``."""
     digest = hashlib.md5()
+    prog = Progress(total=_mib(os.path.getsize(path)), desc=f"verifying {os.path.basename(path)}", unit="MiB",
+                    interval_s=interval_s, enabled=progress)
+    done = 0
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
+            done += len(chunk)
+            _advance(prog, _mib(done))
+    prog.close()
     return digest.hexdigest()
 
 
@@ -182,23 +208,44 @@ def _check_member(member: tarfile.TarInfo, dest_real: str, archive: str) -> None
         raise DataToolError(f"{archive}: link member {member.name!r} refused")
 
 
-def extract(archive: str, dest: str) -> None:
-    """Extract a ``.tar.gz``/``.tgz``/``.tar`` archive into ``dest`` safely."""
+def _counted(members, prog: Progress):
+    """Yield ``members``, counting each one in ``prog`` once it has been extracted (when the next is asked for)."""
+    for member in members:
+        yield member
+        prog.update()
+
+
+def extract(archive: str, dest: str, *, progress: bool = False, interval_s: float = PROGRESS_INTERVAL_S) -> None:
+    """Extract a ``.tar.gz``/``.tgz``/``.tar`` archive into ``dest`` safely.
+
+    Every member is checked before anything is written. That first pass decompresses the whole archive, so
+    with ``progress`` it reports MiB of the (compressed) archive read, then the extraction reports members.
+    """
     if not (archive.endswith((".tar.gz", ".tgz", ".tar"))):
         raise DataToolError(f"{archive}: unsupported archive type (expected .tar.gz, .tgz or .tar)")
     os.makedirs(dest, exist_ok=True)
     dest_real = os.path.realpath(dest)
+    name = os.path.basename(archive)
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for m in members:
+        with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
+            scan = Progress(total=_mib(os.path.getsize(archive)), desc=f"listing {name}", unit="MiB",
+                            interval_s=interval_s, enabled=progress)
+            members = []
+            for m in tar:  # reads the archive once: the position in the compressed file measures progress
                 _check_member(m, dest_real, archive)
+                members.append(m)
+                _advance(scan, min(_mib(raw.tell()), scan.total - 1))  # 100% only once all are listed
+            _advance(scan, scan.total)
+            scan.close()
+            prog = Progress(total=len(members), desc=f"extracting {name}", unit="members",
+                            interval_s=interval_s, enabled=progress)
             if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, members=members, filter="data")
+                tar.extractall(dest, members=_counted(members, prog), filter="data")
             else:  # pragma: no cover - Python < 3.11.4
-                tar.extractall(dest, members=members)
+                tar.extractall(dest, members=_counted(members, prog))
+            prog.close()
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataToolError(f"{archive}: extraction failed: {exc}") from None
 
 
-__all__ = ["download_file", "md5sum", "extract", "join_url", "CHUNK_SIZE"]
+__all__ = ["download_file", "md5sum", "extract", "join_url", "CHUNK_SIZE", "PROGRESS_INTERVAL_S"]

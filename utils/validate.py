@@ -5,15 +5,18 @@ Usage::
     python -m utils.validate --data DIR --subset train [--labels ltr|none] [--dict DIR/dict.ltr.txt]
         [--min-sample-size N] [--max-sample-size N] [--max-tokens N] [--pad | --no-pad]
         [--preset pretrain-base|pretrain-large] [--sample-rate 16000] [--decode] [--json OUT]
+        [--quiet] [--progress-interval SECONDS]
 
 Mirrors the reference's manifest filtering (see docs/DATA_TOOLS.md): an entry whose manifest size is
 below ``min_sample_size`` is skipped; its token count (its size, capped at ``max_sample_size`` when
 padding is off) must not exceed ``max_tokens`` or it is skipped; kept entries longer than
 ``max_sample_size`` are cropped when batched. In addition every audio file is opened (header only,
-or fully decoded with ``--decode``) and reported unreadable when missing, corrupt, at another sample
-rate or multi-channel; manifest sizes that disagree with the file are reported; the label file must
-have one line per manifest entry; label symbols absent from the dictionary are listed with the
-file and line of their first occurrence.
+or fully decoded with ``--decode``) and reported unreadable when missing, corrupt, truncated (a WAV
+shorter than its header declares: caught even when the manifest was written after the truncation),
+at another sample rate or multi-channel; manifest sizes that disagree with the file are reported;
+the label file must have one line per manifest entry; label symbols absent from the dictionary are
+listed with the file and line of their first occurrence. Files checked, rate and ETA go to stderr every
+``--progress-interval`` seconds (``--quiet``: none); the report goes to stdout.
 
 Exit status 0 when the data set is usable, 1 when the kept set is empty, labels and manifest
 disagree, files are unreadable or symbols are missing from the dictionary (2 for usage errors).
@@ -28,7 +31,10 @@ from dataclasses import dataclass, field
 
 import soundfile as sf
 
+from common.progress import Progress
+
 from .common import DataToolError, read_manifest, run_main
+from .generate_filelist import WAV_FORMATS, wav_header_tools
 
 # Reference recipe values (pretrain_base.sh / pretrain_large.sh): pre-training crops (pad off).
 PRESETS = {
@@ -37,6 +43,7 @@ PRESETS = {
 }
 
 EXAMPLES_PER_CATEGORY = 5
+PROGRESS_INTERVAL_S = 10.0
 # wav2vec 2.0 feature extractor (kernel, stride) stack: 50 frames per second at 16 kHz.
 CONV_STACK = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2
 
@@ -64,8 +71,8 @@ class Report:
     cropped: int = 0
     skipped_min: int = 0
     skipped_max_tokens: int = 0
-    unreadable: dict = field(default_factory=lambda: {"missing": 0, "corrupt": 0, "wrong_rate": 0,
-                                                       "multi_channel": 0})
+    unreadable: dict = field(default_factory=lambda: {"missing": 0, "corrupt": 0, "truncated": 0,
+                                                       "wrong_rate": 0, "multi_channel": 0})
     size_mismatch: int = 0
     examples: dict = field(default_factory=dict)
     labels_file: str | None = None
@@ -112,8 +119,8 @@ def load_dictionary(path: str) -> dict:
 
 
 def check_audio(path: str, expected_size: int, sample_rate: int, decode: bool):
-    """Return ``(problem, detail)``; problem is None, 'missing', 'corrupt', 'wrong_rate',
-    'multi_channel' or 'size_mismatch'."""
+    """Return ``(problem, detail)``; problem is None, 'missing', 'corrupt', 'truncated' (a WAV shorter
+    than its header declares), 'wrong_rate', 'multi_channel' or 'size_mismatch'."""
     if not os.path.isfile(path):
         return "missing", "file does not exist"
     try:
@@ -125,6 +132,10 @@ def check_audio(path: str, expected_size: int, sample_rate: int, decode: bool):
             frames = info.frames
     except Exception as exc:
         return "corrupt", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if info.format in WAV_FORMATS:
+        declared = wav_header_tools().wav_declared_frames(path)
+        if declared is not None and frames < declared:
+            return "truncated", f"truncated WAV: header declares {declared} frames, file holds {frames}"
     if info.samplerate != sample_rate:
         return "wrong_rate", f"{info.samplerate} Hz, expected {sample_rate} Hz"
     if info.channels != 1:
@@ -137,8 +148,12 @@ def check_audio(path: str, expected_size: int, sample_rate: int, decode: bool):
 def validate(data: str, subset: str, *, labels: str | None = "ltr", dict_path: str | None = None,
              min_sample_size: int | None = None, max_sample_size: int | None = None,
              max_tokens: int | None = None, pad: bool = True, sample_rate: int = 16000,
-             decode: bool = False, check_audio_files: bool = True) -> Report:
-    """Run all checks and return a :class:`Report` (``report.failures`` empty when usable)."""
+             decode: bool = False, check_audio_files: bool = True, progress: bool = False,
+             progress_interval: float = PROGRESS_INTERVAL_S) -> Report:
+    """Run all checks and return a :class:`Report` (``report.failures`` empty when usable).
+
+    With ``progress``, a line of entries checked, rate and ETA goes to stderr every ``progress_interval`` s.
+    """
     tsv = os.path.join(data, f"{subset}.tsv")
     manifest = read_manifest(tsv)
     config = dict(sample_rate=sample_rate, min_sample_size=min_sample_size, max_sample_size=max_sample_size,
@@ -148,6 +163,10 @@ def validate(data: str, subset: str, *, labels: str | None = "ltr", dict_path: s
         rep.failures.append(f"audio root {manifest.root} (line 1 of {tsv}) does not exist")
 
     kept_mask = []
+    if check_audio_files and any(rel.lower().endswith(".wav") for rel, _, _ in manifest.entries):
+        wav_header_tools()  # the import is not charged to the first file's rate
+    prog = Progress(total=len(manifest.entries), desc=f"validate {tsv}", unit="files",
+                    interval_s=progress_interval, enabled=progress)
     for rel, size, lineno in manifest.entries:
         where = f"{tsv}:{lineno} {rel}"
         rep.total_samples += size
@@ -179,6 +198,9 @@ def validate(data: str, subset: str, *, labels: str | None = "ltr", dict_path: s
             else:
                 rep.kept_samples_cropped += size
         kept_mask.append(keep)
+        prog.update()
+    if manifest.entries:
+        prog.close()
 
     if labels:
         _check_labels(rep, data, subset, labels, dict_path, manifest, kept_mask)
@@ -260,7 +282,8 @@ def format_report(rep: Report) -> str:
         for sym, info in sorted(rep.missing_symbols.items(), key=lambda kv: (-kv[1]["count"], kv[0])):
             out.append(f"  missing symbol {sym!r}: {info['count']} occurrence(s), first at {info['first']}")
     titles = {"skipped_min": "shorter than min_sample_size", "skipped_max_tokens": "above max_tokens",
-              "missing": "missing audio", "corrupt": "corrupt audio", "wrong_rate": "wrong sample rate",
+              "missing": "missing audio", "corrupt": "corrupt audio", "truncated": "truncated audio",
+              "wrong_rate": "wrong sample rate",
               "multi_channel": "multi-channel audio", "size_mismatch": "manifest size differs",
               "empty_label": "empty transcripts", "labels_too_long": "transcript longer than the encoder output"}
     for cat, lst in rep.examples.items():
@@ -289,6 +312,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decode", action="store_true", help="decode every file fully (finds truncated files)")
     p.add_argument("--skip-audio", action="store_true", help="trust the manifest; do not open audio files")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--progress-interval", "--progress_interval", dest="progress_interval", type=float,
+                   default=PROGRESS_INTERVAL_S, metavar="SECONDS",
+                   help=f"seconds between progress lines on stderr (default {PROGRESS_INTERVAL_S:g})")
     args = p.parse_args(argv)
     labels = None if args.labels.lower() in ("", "none") else args.labels
     preset = PRESETS.get(args.preset, {})
@@ -306,7 +333,8 @@ def main(argv=None) -> int:
     rep = validate(args.data, args.subset, labels=args.labels, dict_path=args.dict_path,
                    min_sample_size=args.min_sample_size, max_sample_size=args.max_sample_size,
                    max_tokens=args.max_tokens, pad=args.pad, sample_rate=args.sample_rate,
-                   decode=args.decode, check_audio_files=not args.skip_audio)
+                   decode=args.decode, check_audio_files=not args.skip_audio,
+                   progress=not args.quiet, progress_interval=args.progress_interval)
     print(format_report(rep))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

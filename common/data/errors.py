@@ -21,3 +21,18 @@ def where(path: Optional[PathLike], line: Optional[int] = None) -> str:
     if path is None:
         return "<unknown>"
     return f"{os.fspath(path)}:{line}" if line is not None else os.fspath(path)
+
+
+def error_message(exc: BaseException) -> str:
+    """The message of ``exc`` for the user: without the worker traceback that torch's DataLoader wraps around an
+    exception raised in a worker process ("Caught DataError in DataLoader worker process 1. Original Traceback...")."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    name, module = type(exc).__qualname__, type(exc).__module__
+    for prefix in (f"{module}.{name}: ", f"{name}: "):
+        i = text.rfind("\n" + prefix)
+        if i >= 0:
+            return text[i + 1 + len(prefix):].strip()
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else text
