@@ -28,11 +28,22 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts work items; prints ``desc: done/total (pct) rate unit/s elapsed ETA`` every ``interval_s`` seconds."""
+    """Counts work; prints ``desc: done/total (pct) rate unit/s elapsed ETA`` every ``interval_s`` seconds, as whole
+    lines (readable in a log file as well as a terminal).
 
-    def __init__(self, total: Optional[int] = None, desc: str = "", unit: str = "it", interval_s: float = 10.0,
+    Args:
+        total: the amount of work (None: unknown, no percentage or ETA).
+        desc: the line's prefix (``update(desc=...)`` changes it).
+        unit: what is counted, after ``scale`` (e.g. ``"MB"`` with ``scale=1e6`` when counting bytes).
+        interval_s: the least time between two lines; the first update and the completion always print.
+        scale: counts are shown divided by this (with one decimal when it is not 1).
+        initial: work already done before this run (a resumed download): shown in the count, excluded from the rate.
+        stream: where lines go (default ``sys.stderr``); ``enabled=False`` prints nothing.
+    """
+
+    def __init__(self, total: Optional[float] = None, desc: str = "", unit: str = "it", interval_s: float = 10.0,
                  stream: Optional[TextIO] = None, clock: Callable[[], float] = time.monotonic,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, scale: float = 1.0, initial: float = 0) -> None:
         self.total = total
         self.desc = desc
         self.unit = unit
@@ -40,9 +51,12 @@ class Progress:
         self.stream = stream
         self.clock = clock
         self.enabled = enabled
-        self.done = 0
+        self.scale = scale
+        self.initial = initial
+        self.done = initial
         self.start = clock()
         self._last_print: Optional[float] = None
+        self._printed_done: Optional[float] = None
 
     @property
     def elapsed(self) -> float:
@@ -50,8 +64,9 @@ class Progress:
 
     @property
     def rate(self) -> float:
+        """Work per second in this run (``initial`` excluded), in counted units (before ``scale``)."""
         el = self.elapsed
-        return self.done / el if el > 0 else 0.0
+        return (self.done - self.initial) / el if el > 0 else 0.0
 
     @property
     def eta(self) -> Optional[float]:
@@ -59,36 +74,52 @@ class Progress:
             return None
         return max(0, self.total - self.done) / self.rate
 
+    @property
+    def finished(self) -> bool:
+        return self.total is not None and self.done >= self.total
+
+    def _amount(self, value: float) -> str:
+        return f"{value / self.scale:.1f}" if self.scale != 1 else f"{value:g}"
+
     def line(self) -> str:
         head = f"{self.desc}: " if self.desc else ""
+        unit = f" {self.unit}" if self.scale != 1 else ""  # "6.0/10.0 MB", but "10/100" items
         if self.total:
-            count = f"{self.done}/{self.total} ({100.0 * self.done / self.total:.1f}%)"
+            count = (f"{self._amount(self.done)}/{self._amount(self.total)}{unit} "
+                     f"({100.0 * self.done / self.total:.1f}%)")
         else:
-            count = f"{self.done}"
+            count = self._amount(self.done) + unit
         eta = self.eta
         tail = f" ETA {format_duration(eta)}" if eta is not None else ""
-        return (f"{head}{count} {self.rate:.2f} {self.unit}/s elapsed {format_duration(self.elapsed)}{tail}")
+        return (f"{head}{count} {self.rate / self.scale:.2f} {self.unit}/s elapsed "
+                f"{format_duration(self.elapsed)}{tail}")
 
-    def update(self, n: int = 1, desc: Optional[str] = None) -> Optional[str]:
-        """Advance by ``n``; returns the printed line when one was printed."""
-        self.done += n
+    def update(self, n: float = 1, desc: Optional[str] = None) -> Optional[str]:
+        """Advance by ``n``; returns the printed line when one was printed (the completed count prints once)."""
+        return self.update_to(self.done + n, desc)
+
+    def update_to(self, done: float, desc: Optional[str] = None) -> Optional[str]:
+        """Set the amount done (a byte offset, seconds of audio...); returns the printed line, if any."""
+        self.done = done
         if desc is not None:
             self.desc = desc
         now = self.clock()
-        finished = self.total is not None and self.done >= self.total
-        if finished or self._last_print is None or now - self._last_print >= self.interval_s:
+        if self.finished:
+            return None if self._printed_done == self.done else self._emit(now)
+        if self._last_print is None or now - self._last_print >= self.interval_s:
             return self._emit(now)
         return None
 
     def _emit(self, now: float) -> Optional[str]:
         self._last_print = now
+        self._printed_done = self.done
         text = self.line()
         if self.enabled:
             print(text, file=self.stream or sys.stderr, flush=True)
         return text
 
     def close(self) -> Optional[str]:
-        """Print a final line (unless the last update already printed the completed count)."""
-        if self._last_print is not None and self.total is not None and self.done >= self.total:
+        """Print a final line unless the last line printed already showed the final count."""
+        if self._printed_done == self.done:
             return None
         return self._emit(self.clock())

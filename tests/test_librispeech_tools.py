@@ -526,8 +526,9 @@ def test_download_checksum_and_extraction_progress(mirror, tmp_path, capsys):
             "--md5", f"dev-clean={sums['dev-clean']}", "--progress_interval", "0"]
     assert download_librispeech.main(argv) == 0
     err = capsys.readouterr().err
-    assert [line.split()[2] for line in _progress_lines(err, "verifying dev-clean.tar.gz: ")] == ["1/1"]
-    assert [line.split()[2] for line in _progress_lines(err, "listing dev-clean.tar.gz: ")] == ["1/1"]
+    for desc in ("verifying dev-clean.tar.gz: ", "listing dev-clean.tar.gz: "):
+        lines = _progress_lines(err, desc)
+        assert lines and " MiB (100.0%) " in lines[-1] and all(" MiB/s elapsed " in line for line in lines)
     with tarfile.open(mirror_dir / "dev-clean.tar.gz") as tar:
         n = len(tar.getmembers())
     extracting = _progress_lines(err, "extracting dev-clean.tar.gz: ")
@@ -547,12 +548,14 @@ def test_md5sum_and_extract_progress_on_multi_mib_inputs(tmp_path, capsys):
         tar.add(tmp_path / "src", arcname="src")
     assert md5sum(str(archive), progress=True, interval_s=0) == hashlib.md5(archive.read_bytes()).hexdigest()
     err = capsys.readouterr().err
-    assert [line.split()[2] for line in _progress_lines(err, "verifying a.tar.gz: ")] == ["1/4", "2/4", "3/4", "4/4"]
+    verifying = _progress_lines(err, "verifying a.tar.gz: ")  # 1 MiB chunks of a 3.0x MiB file, shown in MiB
+    assert [line.split()[2] for line in verifying] == ["1.0/3.0", "2.0/3.0", "3.0/3.0", "3.0/3.0"]
+    assert verifying[-1].split()[4] == "(100.0%)"
     assert md5sum(str(archive)) == hashlib.md5(archive.read_bytes()).hexdigest()  # progress off by default
     assert capsys.readouterr().err == ""
     extract(str(archive), str(tmp_path / "out"), progress=True, interval_s=0)
     err = capsys.readouterr().err
-    listing = [line.split()[2] for line in _progress_lines(err, "listing a.tar.gz: ")]
-    assert listing[-1] == "4/4" and len(listing) >= 2  # MiB of the compressed archive read while listing
+    listing = [line.split()[4] for line in _progress_lines(err, "listing a.tar.gz: ")]
+    assert listing[-1] == "(100.0%)" and len(listing) >= 2  # MiB of the compressed archive read while listing
     assert [line.split()[2] for line in _progress_lines(err, "extracting a.tar.gz: ")] == ["1/3", "2/3", "3/3"]
     assert (tmp_path / "out" / "src" / "blob.bin").read_bytes() == blob

@@ -184,6 +184,23 @@ def test_progress_rate_and_eta():
     assert format_duration(3725.2) == "1:02:05" and format_duration(float("nan")) == "?"
 
 
+def test_progress_scaled_resumed_and_completed_once():
+    """Bytes shown as MB, a resumed download's first 4 MB excluded from the rate, and the completed count printed
+    once however often it is reported again."""
+    t = [0.0]
+    buf = io.StringIO()
+    p = Progress(total=10e6, desc="dev-clean.tar.gz", unit="MB", scale=1e6, initial=4e6, interval_s=1.0, stream=buf,
+                 clock=lambda: t[0])
+    t[0] = 2.0
+    assert p.update_to(6e6) == "dev-clean.tar.gz: 6.0/10.0 MB (60.0%) 1.00 MB/s elapsed 0:00:02 ETA 0:00:04"
+    t[0] = 4.0
+    assert p.update_to(10e6).startswith("dev-clean.tar.gz: 10.0/10.0 MB (100.0%) 1.50 MB/s")
+    assert p.update(0) is None and p.update_to(10e6) is None and p.close() is None
+    assert len(buf.getvalue().splitlines()) == 2
+    unknown = Progress(desc="x", stream=buf, clock=lambda: t[0])
+    assert unknown.update(3) == "x: 3 0.00 it/s elapsed 0:00:00"  # no total: no percentage, no ETA
+
+
 def _write_training_log(path):
     logger = MetricLogger([JSONStreamWriter(wlog.Verbosity.VERBOSE, path)], clock=Clock())
     logger.log_parameters({"lr": 5e-4})

@@ -74,14 +74,6 @@ def read_manifest(path: str) -> Manifest:
     return Manifest(path=path, root=root, entries=entries)
 
 
-def format_duration(seconds: float) -> str:
-    """``H:MM:SS`` (or ``MM:SS`` under an hour) for progress lines."""
-    seconds = max(0, int(round(seconds)))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
 LABEL_EXTENSIONS = ("wrd", "ltr")
 
 

@@ -18,64 +18,25 @@ import hashlib
 import os
 import sys
 import tarfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from common.progress import Progress
 
-from .common import DataToolError, format_duration
+from .common import DataToolError
 
 CHUNK_SIZE = 1 << 20  # 1 MiB, as the reference
 MIB = 1 << 20
-PROGRESS_INTERVAL_S = 10.0  # seconds between progress lines of hashing and extraction
+PROGRESS_INTERVAL_S = 10.0  # seconds between progress lines of downloads, hashing and extraction
 
 
-def _mib(n_bytes: int) -> int:
-    """Bytes -> whole MiB, rounded up (so that the last partial MiB completes the count)."""
-    return -(-n_bytes // MIB)
+def _byte_progress(desc: str, total, initial: int, enabled: bool, interval_s: float = PROGRESS_INTERVAL_S) -> Progress:
+    """Progress over bytes, shown in MiB."""
+    return Progress(total=total, desc=desc, unit="MiB", scale=MIB, initial=initial, interval_s=interval_s,
+                    enabled=enabled)
 
 
-def _advance(prog: Progress, done: int) -> None:
-    """Move ``prog`` forward to ``done`` (no call for no progress: a completed Progress prints on every update)."""
-    if done > prog.done:
-        prog.update(done - prog.done)
-
-
-class _Progress:
-    """Throttled single-line progress report: ``name: done/total MB (pct) rate MB/s ETA``."""
-
-    def __init__(self, name: str, total: int | None, start_offset: int, enabled: bool, stream=None):
-        self.name = name
-        self.total = total
-        self.start_offset = start_offset
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.t0 = time.monotonic()
-        self.last = 0.0
-
-    def update(self, done: int, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not final and now - self.last < 0.5:
-            return
-        self.last = now
-        elapsed = max(now - self.t0, 1e-6)
-        rate = (done - self.start_offset) / elapsed
-        mb = done / 1e6
-        if self.total:
-            pct = 100.0 * done / self.total
-            eta = (self.total - done) / rate if rate > 0 else float("inf")
-            eta_s = format_duration(eta) if eta != float("inf") else "--:--"
-            line = (f"{self.name}: {mb:.1f}/{self.total / 1e6:.1f} MB ({pct:5.1f}%) "
-                    f"{rate / 1e6:.2f} MB/s ETA {eta_s}")
-        else:
-            line = f"{self.name}: {mb:.1f} MB {rate / 1e6:.2f} MB/s"
-        end = "\n" if final else ""
-        self.stream.write(f"\r{line}   {end}")
-        self.stream.flush()
 
 
 def _local_path(url: str) -> str | None:
@@ -128,16 +89,16 @@ def _copy_local(src: str, tmp: str, offset: int, name: str, progress: bool, chun
         offset = 0  # stale .tmp longer than the source: start again
     if offset:
         print(f"resuming {name} at byte {offset}", file=sys.stderr)
-    prog = _Progress(name, total, offset, progress)
+    prog = _byte_progress(name, total, offset, progress)
     with open(src, "rb") as fin, open(tmp, "r+b" if offset else "wb") as fout:
         fin.seek(offset)
         fout.seek(offset)
         fout.truncate()
-        done = _stream(fin, fout, offset, prog, chunk_size)
-    prog.update(done, final=True)
+        _stream(fin, fout, offset, prog, chunk_size)
+    prog.close()
 
 
-def _stream(fin, fout, done: int, prog: "_Progress", chunk_size: int) -> int:
+def _stream(fin, fout, done: int, prog: Progress, chunk_size: int) -> int:
     """Copy ``fin`` to ``fout`` in chunks, reporting progress; returns the byte count reached."""
     while True:
         chunk = fin.read(chunk_size)
@@ -145,7 +106,7 @@ def _stream(fin, fout, done: int, prog: "_Progress", chunk_size: int) -> int:
             return done
         fout.write(chunk)
         done += len(chunk)
-        prog.update(done)
+        prog.update_to(done)
 
 
 def _download_http(url: str, tmp: str, offset: int, name: str, progress: bool, chunk_size: int,
@@ -175,10 +136,10 @@ def _download_http(url: str, tmp: str, offset: int, name: str, progress: bool, c
             offset = 0
             mode = "wb"
             total = int(length) if length is not None else None
-        prog = _Progress(name, total, offset, progress)
+        prog = _byte_progress(name, total, offset, progress)
         with open(tmp, mode) as fout:
             done = _stream(response, fout, offset, prog, chunk_size)
-        prog.update(done, final=True)
+        prog.close()
     if total is not None and done != total:
         raise DataToolError(f"download of {url} ended early ({done} of {total} bytes); "
                             f"partial data kept in {tmp}, rerun to resume")
@@ -188,14 +149,11 @@ def md5sum(path: str, chunk_size: int = CHUNK_SIZE, *, progress: bool = False,
            interval_s: float = PROGRESS_INTERVAL_S) -> str:
     """Hex MD5 digest of a file; with ``progress``, a line of MiB hashed, rate and ETA every ``interval_s``."""
     digest = hashlib.md5()
-    prog = Progress(total=_mib(os.path.getsize(path)), desc=f"verifying {os.path.basename(path)}", unit="MiB",
-                    interval_s=interval_s, enabled=progress)
-    done = 0
+    prog = _byte_progress(f"verifying {os.path.basename(path)}", os.path.getsize(path), 0, progress, interval_s)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
-            done += len(chunk)
-            _advance(prog, _mib(done))
+            prog.update(len(chunk))
     prog.close()
     return digest.hexdigest()
 
@@ -228,14 +186,14 @@ def extract(archive: str, dest: str, *, progress: bool = False, interval_s: floa
     name = os.path.basename(archive)
     try:
         with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
-            scan = Progress(total=_mib(os.path.getsize(archive)), desc=f"listing {name}", unit="MiB",
-                            interval_s=interval_s, enabled=progress)
+            size = os.path.getsize(archive)
+            scan = _byte_progress(f"listing {name}", size, 0, progress, interval_s)
             members = []
             for m in tar:  # reads the archive once: the position in the compressed file measures progress
                 _check_member(m, dest_real, archive)
                 members.append(m)
-                _advance(scan, min(_mib(raw.tell()), scan.total - 1))  # 100% only once all are listed
-            _advance(scan, scan.total)
+                scan.update_to(min(raw.tell(), size - 1))  # 100% only once all are listed
+            scan.update_to(size)
             scan.close()
             prog = Progress(total=len(members), desc=f"extracting {name}", unit="members",
                             interval_s=interval_s, enabled=progress)

@@ -50,8 +50,10 @@ from multiprocessing import Pool
 import numpy as np
 import soundfile as sf
 
+from common.progress import Progress
+
 from .audio import resample, to_int16
-from .common import DataToolError, atomic_write_text, format_duration, run_main
+from .common import DataToolError, atomic_write_text, run_main
 from .sentences import SentenceGenerator
 
 GENERATOR_VERSION = 2
@@ -214,27 +216,6 @@ def _worker(job: tuple):
         return index, 0, f"{utt.utt_id}: {exc}"
 
 
-class _Progress:
-    def __init__(self, split: str, target_s: float, enabled: bool):
-        self.split, self.target_s, self.enabled = split, target_s, enabled
-        self.t0 = time.monotonic()
-        self.last = 0.0
-
-    def update(self, n: int, audio_s: float, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not final and now - self.last < 0.5:
-            return
-        self.last = now
-        elapsed = max(now - self.t0, 1e-6)
-        rate = audio_s / elapsed
-        eta = format_duration((self.target_s - audio_s) / rate) if rate > 0 and not final else "00:00"
-        sys.stderr.write(f"\r[{self.split}] {n} utterances, {audio_s / 60:.1f}/{self.target_s / 60:.1f} min audio, "
-                         f"{n / elapsed:.1f} utt/s, {rate:.0f}x real time, ETA {eta}   " + ("\n" if final else ""))
-        sys.stderr.flush()
-
-
 def _settings(split: str, seed: int, minutes: float) -> dict:
     return {"generator_version": GENERATOR_VERSION, "split": split, "seed": seed, "minutes": minutes,
             "sample_rate": SAMPLE_RATE}
@@ -286,7 +267,7 @@ def make_split(root: str, split: str, seed: int, minutes: float, jobs: int, bina
     plan = plan_utterances(split, seed, speakers)
     target = minutes * 60.0 * SAMPLE_RATE
     chosen, total = [], 0
-    prog = _Progress(split, minutes * 60.0, progress)
+    prog = Progress(total=minutes * 60.0, desc=f"[{split}] 0 utterances", unit="s of audio", enabled=progress)
     chunk = max(4, 8 * jobs)
     pool = Pool(jobs) if jobs > 1 else None
     try:
@@ -300,7 +281,7 @@ def make_split(root: str, split: str, seed: int, minutes: float, jobs: int, bina
                 if total < target:
                     chosen.append((utt, frames))
                     total += frames
-                    prog.update(len(chosen), total / SAMPLE_RATE)
+                    prog.update_to(total / SAMPLE_RATE, desc=f"[{split}] {len(chosen)} utterances")
                 else:  # beyond the requested size: drop
                     extra = os.path.join(split_dir, utt.path)
                     if os.path.exists(extra):
@@ -309,7 +290,7 @@ def make_split(root: str, split: str, seed: int, minutes: float, jobs: int, bina
         if pool:
             pool.close()
             pool.join()
-    prog.update(len(chosen), total / SAMPLE_RATE, final=True)
+    prog.close()
 
     # Stray files of an interrupted run whose plan was longer are removed; transcripts written last.
     by_chapter = {}
