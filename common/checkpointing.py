@@ -19,10 +19,11 @@ __all__ = ["atomic_torch_save", "Checkpointer", "UnreadableCheckpointsError"]
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """Write to ``path.tmp`` in the same directory, fsync, then rename over ``path``."""
+    """Write to ``path.tmp<pid>`` in the same directory, fsync, then rename over ``path`` (two processes writing
+    the same checkpoint never share a temporary file)."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 import torch
 from torch import nn
 
-from common.checkpointing import Checkpointer
+from common.checkpointing import Checkpointer, atomic_torch_save
 from common.distributed import DistEnv, all_reduce_gradients, all_reduce_sum
 from common.health import HealthMonitor
 from common.lr_schedules import LRScheduler
@@ -266,14 +266,28 @@ class Trainer:
         self.train_loader.batch_in_epoch = position
         self.metrics.discard()
         self.optimizer.zero_grad(set_to_none=True)
-        self.print(f"Reading the data of update {self.state.step + 1} failed: saving the state after update "
-                   f"{self.state.step}; fix the data, then --resume repeats the failed update")
-        self.save()
+        self._say_on_failure(f"Reading the data of update {self.state.step + 1} failed: saving the state after "
+                             f"update {self.state.step}; fix the data, then --resume repeats the failed update")
+        self.save(from_any_rank=True)
 
-    def save(self, best: bool = False) -> None:
-        if self.cfg.no_save or not self.env.is_main:
+    def save(self, best: bool = False, from_any_rank: bool = False) -> None:
+        """Rank 0 writes the checkpoint and applies the retention rule. ``from_any_rank`` (a failure on this rank,
+        which the others cannot know about): any rank writes it, without retention, since the state is replicated."""
+        if self.cfg.no_save or not (self.env.is_main or from_any_rank):
             return
-        self.checkpointer.save(self.state_dict(), self.state.step, best=best)
+        if self.env.is_main:
+            self.checkpointer.save(self.state_dict(), self.state.step, best=best)
+        else:
+            path = self.checkpointer.path_for(self.state.step)
+            print(f"[rank {self.env.rank}] Saving {path}...", flush=True)
+            atomic_torch_save(self.state_dict(), path)
+
+    def _say_on_failure(self, message: str) -> None:
+        """A failure on this rank is reported by this rank (``self.print`` only speaks on rank 0)."""
+        if self.env.is_main:
+            self.print(message)
+        else:
+            print(f"[rank {self.env.rank}] {message}", flush=True)
 
     # ------------------------------------------------------------------------------------------------------------------
     # one update
@@ -438,8 +452,9 @@ class Trainer:
                 try:
                     best = self.validate()
                 except Exception:
-                    self.print("Validation failed: saving the trained epoch first (a resume validates it again)")
-                    self.save()
+                    self._say_on_failure("Validation failed: saving the trained epoch first (a resume validates it "
+                                         "again)")
+                    self.save(from_any_rank=True)
                     raise
             self.state.epoch += 1
             loader.set_epoch(self.state.epoch)

@@ -600,3 +600,19 @@ def test_cli_bad_validation_audio_and_unreadable_checkpoints(tmp_path):
     res = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "none of the 1 checkpoints" in res.stderr and saved[0] in res.stderr
+
+
+def test_a_data_error_on_another_rank_is_saved_by_that_rank(tmp_path, capsys):
+    """Ranks hold the same replicated state, and only the failing rank knows about its failure: rank 1 writes the
+    checkpoint itself (rank 0 would otherwise wait in the next all-reduce and be killed by torchrun unsaved)."""
+    from common.data.errors import DataError
+    from common.distributed import DistEnv
+
+    trainer, _, _ = _toy_trainer(tmp_path, _ToyTask(), max_update=3, update_freq=2, validate=False)
+    trainer.env = DistEnv(rank=1, world_size=2)
+    trainer.train_loader = _FailingLoader(6, bad=1)  # inside update 1, before any communication
+    with pytest.raises(DataError):
+        trainer.fit()
+    saved = torch.load(tmp_path / "wav2vec2_update0.pt", weights_only=True)
+    assert saved["train_state"]["step"] == 0 and saved["data"]["batch_in_epoch"] == 0
+    assert "[rank 1] Saving" in capsys.readouterr().out
