@@ -343,14 +343,40 @@ class MetricsAggregator:
         self._partials: Dict[str, float] = {}
         self._partial_counts: Dict[str, float] = {}
         self._partial_red: Dict[str, str] = {}
+        self._pending: List[Tuple[str, Any, str]] = []  # logged entries not read yet (see ``log``)
         self._scopes: Dict[str, _Scope] = {}
         self._benchmark: Dict[str, List[float]] = {}
 
     # ---- partials
     def log(self, stats: Mapping[str, Any]) -> None:
-        """Add one micro-batch's log dict (Python numbers or 0-d tensors) into the partials."""
+        """Add one micro-batch's log dict (Python numbers or 0-d tensors) into the partials.
+
+        Tensors are not read here: reading a GPU value waits for the device, so the entries wait in order until the
+        partials are needed (``all_reduce``, ``accumulate``, reading or setting a key), and all of their tensors
+        are then read in one transfer per device: one synchronisation per update instead of one per value."""
         for key, value in stats.items():
-            self._add(key, float(value), self.spec.reductions.get(key, SUM))
+            reduction = self.spec.reductions.get(key, SUM)
+            if reduction not in (SUM, MEAN, LAST):
+                raise ValueError(f"unknown reduction {reduction!r} for {key!r}")
+            self._pending.append((key, value, reduction))
+
+    def _flush(self) -> None:
+        """Replay the pending entries in their order, reading their tensors in one transfer per device."""
+        if not self._pending:
+            return
+        by_device: Dict[Any, List[int]] = {}
+        for i, (_, value, _) in enumerate(self._pending):
+            if hasattr(value, "detach"):
+                by_device.setdefault(value.device, []).append(i)
+        numbers: Dict[int, float] = {}
+        for indices in by_device.values():
+            import torch
+
+            stacked = torch.stack([self._pending[i][1].detach().reshape(()).double() for i in indices])
+            numbers.update(zip(indices, stacked.tolist()))
+        pending, self._pending = self._pending, []
+        for i, (key, value, reduction) in enumerate(pending):
+            self._add(key, numbers[i] if i in numbers else float(value), reduction)
 
     def _add(self, key: str, value: float, reduction: str) -> None:
         self._partial_red[key] = reduction
@@ -367,19 +393,23 @@ class MetricsAggregator:
             raise ValueError(f"unknown reduction {reduction!r} for {key!r}")
 
     def __setitem__(self, key: str, value: Any) -> None:
+        self._flush()
         self._add(key, float(value), LAST)
 
     def __getitem__(self, key: str) -> float:
+        self._flush()
         return self._partials[key]
 
     def discard(self) -> None:
         """Drop the partials of the current update (a skipped update's non-finite losses never reach a scope)."""
+        self._pending.clear()
         self._partials.clear()
         self._partial_counts.clear()
         self._partial_red.clear()
 
     @property
     def partials(self) -> Dict[str, float]:
+        self._flush()
         return dict(self._partials)
 
     def all_reduce(self, world_size: int) -> None:
@@ -387,6 +417,7 @@ class MetricsAggregator:
         multiplied by ``world_size - ignore`` (``ignore`` = reduced number of ranks with an empty batch).
 
         Keys are reduced in sorted order, so every rank must log the same key set."""
+        self._flush()
         if world_size <= 1:
             return
         keys = sorted(self._partials)
@@ -414,6 +445,7 @@ class MetricsAggregator:
 
     def accumulate(self, scopes: Optional[Iterable[str]] = None) -> None:
         """Normalise the partials and add them into ``scopes`` (default: every active scope); clear the partials."""
+        self._flush()
         self._normalise()
         names = list(scopes) if scopes is not None else [n for n, s in self._scopes.items() if s.active]
         for name in names:

@@ -312,8 +312,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         loss_scale = float(getattr(self.scaler, "loss_scale", 1.0))
         sample_size = 0.0
-        loss_sum = 0.0
-        finite = True
+        losses = []  # read once after the last micro-batch: no host synchronisation between micro-batches
         for j in range(cfg.update_freq):
             try:
                 batch = next(batches)
@@ -324,12 +323,12 @@ class Trainer:
             self._seed_micro_batch(j * env.world_size + env.rank)
             with self.precision.autocast():
                 loss, ss, log = self.task.train_step(self.model, self._to_device(batch), self.generator)
-            if not torch.isfinite(loss.detach()):
-                finite = False
             (loss * loss_scale).backward()
             sample_size += float(ss)
-            loss_sum += float(loss.detach())
+            losses.append(loss.detach().double())
             self.metrics.log(log)
+        loss_sum = float(torch.stack(losses).sum())  # a NaN/inf micro-batch loss makes the sum non-finite
+        finite = math.isfinite(loss_sum)
 
         # reduce over ranks
         sample_size, loss_sum, nonfinite = all_reduce_sum([sample_size, loss_sum, 0.0 if finite else 1.0], env.device)

@@ -23,7 +23,7 @@ def test_crop_to_shortest_contiguous_windows():
     assert b["lengths"].tolist() == [6, 6, 6]
     assert b["id"].tolist() == [0, 1, 2] and b["id"].dtype == torch.long
     assert b["sub_batch_sizes"].tolist() == [3]
-    assert set(b) == {"id", "source", "lengths", "sub_batch_sizes"}
+    assert set(b) == {"id", "source", "lengths", "padded", "sub_batch_sizes"} and b["padded"] is False
     for row, (i, n) in enumerate([(0, 10), (1, 6), (2, 8)]):
         start = int(b["source"][row, 0]) - 1000 * i
         assert 0 <= start <= n - 6
@@ -44,7 +44,9 @@ def test_max_sample_size_caps_crop_and_pad():
     samples = [_item(0, 10), _item(1, 8)]
     assert Collater(pad=False, max_sample_size=5)(samples, _rng())["source"].shape == (2, 5)
     b = Collater(pad=True, max_sample_size=9)(samples, _rng())
-    assert b["source"].shape == (2, 9) and b["lengths"].tolist() == [9, 8]
+    assert b["source"].shape == (2, 9) and b["lengths"].tolist() == [9, 8] and b["padded"] is True
+    b = Collater(pad=True, max_sample_size=8)(samples, _rng())  # both cropped to the cap: no padding left
+    assert b["lengths"].tolist() == [8, 8] and b["padded"] is False
 
 
 def test_pad_to_longest_with_mask_and_targets():
@@ -52,7 +54,8 @@ def test_pad_to_longest_with_mask_and_targets():
     b = Collater(pad=True)(samples, _rng(), sub_batch_sizes=[2, 1])
     assert b["source"].tolist() == [[0, 1, 2, 0, 0], [1000, 1001, 1002, 1003, 1004], [2000, 2001, 2002, 2003, 0]]
     assert b["lengths"].tolist() == [3, 5, 4]
-    assert set(b) == {"id", "source", "lengths", "sub_batch_sizes", "target", "target_lengths", "ntokens"}
+    assert set(b) == {"id", "source", "lengths", "padded", "sub_batch_sizes", "target", "target_lengths", "ntokens"}
+    assert b["padded"] is True
     assert b["target"].tolist() == [[5, 6, 1], [4, 1, 1], [7, 7, 7]] and b["target"].dtype == torch.long
     assert b["target_lengths"].tolist() == [2, 1, 3]
     assert b["ntokens"] == 6

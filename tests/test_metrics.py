@@ -283,3 +283,30 @@ def test_distributed_sum_is_identity_without_process_group():
     agg.log({"loss": 2.0, "ntokens": 1.0})
     agg.all_reduce(1)
     assert agg["loss"] == 2.0
+
+
+def test_tensor_logs_are_read_later_with_the_same_results():
+    """Micro-batch logs holding 0-d tensors (as the criteria return them, to avoid one device read per value) give
+    exactly the partials and scope averages of the same logs as Python numbers: order-sensitive ``last`` keys,
+    ``mean`` counts, and item assignment in between included."""
+    import torch
+
+    logs = [{"loss": 3.25, "ntokens": 8, "correct": 5, "count": 8, "prob_perplexity": 100.5, "temp": 1.5},
+            {"loss": 2.75, "ntokens": 6, "correct": 4, "count": 6, "prob_perplexity": 90.25, "temp": 1.25}]
+    results = []
+    for as_tensor in (False, True):
+        agg = MetricsAggregator(MetricsSpec.pretrain())
+        agg.start_scope("train", timer=False)
+        for log in logs:
+            agg.log({k: torch.tensor(v, dtype=torch.float32) if as_tensor and k != "ntokens" else v
+                     for k, v in log.items()})
+        agg["lr"] = 1e-3
+        results.append(agg.partials)
+        agg.accumulate()
+        results.append({k: v for k, v in agg.finish_scope("train").items() if k not in ("took", "ntokens/s")})
+    assert results[0] == results[2] and results[1] == results[3]
+    assert results[3]["temp"] == 1.375 and results[3]["accuracy"] == 9 / 14
+    agg = MetricsAggregator(MetricsSpec.pretrain())
+    agg.log({"loss": torch.tensor(float("nan"))})
+    agg.discard()  # a skipped update: its pending entries go too
+    assert agg.partials == {}

@@ -578,3 +578,66 @@ def test_activation_in_bf16_equals_float32_computation_bitwise(name):
     ref = F.gelu(x.float(), approximate=approx).to(torch.bfloat16)
     assert got.dtype == torch.bfloat16 and torch.equal(got, ref)
     assert torch.equal(torch.autograd.grad(got, x, dy)[0], torch.autograd.grad(ref, x, dy)[0])
+
+
+# --- host-device synchronisation of the training step ------------------------------------------------------------
+
+
+def test_masked_positions_gather_the_frames_of_boolean_indexing():
+    """masked_positions + gather_frames == x[mask].view(B, m, C), values and gradients (boolean indexing reads the
+    mask back to the host on a GPU, the gather does not)."""
+    from wav2vec2.model import gather_frames, masked_positions
+
+    g = torch.Generator().manual_seed(0)
+    mask = compute_mask((3, 50), 0.5, 4, min_masks=2, generator=g)
+    m = int(mask[0].sum())
+    x = torch.randn(3, 50, 7, generator=g, requires_grad=True)
+    ref = x[mask].view(3, m, 7)
+    got = gather_frames(x, masked_positions(mask, m))
+    assert torch.equal(got, ref)
+    w = torch.randn(3, m, 7, generator=g)
+    (gr,) = torch.autograd.grad((ref * w).sum(), x)
+    (gg,) = torch.autograd.grad((got * w).sum(), x)
+    assert torch.equal(gr, gg)
+
+
+def test_quantizer_one_hot_equals_torch_one_hot():
+    from wav2vec2.quantizer import _one_hot
+
+    index = torch.randint(0, 9, (5, 2))
+    assert torch.equal(_one_hot(index, 9, torch.float32), torch.nn.functional.one_hot(index, 9).float())
+
+
+def test_pretraining_step_reads_nothing_back_between_kernels():
+    """Forward, criterion and backward of a pretraining micro-batch make no scalar read (``.item()``, ``float()``,
+    ``bool()`` of a tensor) and no data-dependent indexing: on a GPU each would stall the launch queue. The one
+    read left is the masked-frame count, a ``tolist`` that sets the shapes. Oracle: torch's own dispatcher."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from wav2vec2.tasks import PretrainTask
+
+    reads = []
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            boolean_index = name.startswith("index") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for a in args if isinstance(a, (list, tuple))
+                for i in a)
+            if name in ("_local_scalar_dense", "nonzero", "masked_select", "equal") or boolean_index:
+                reads.append(name)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(preset("tiny")).train()
+    batch = {"source": torch.randn(2, 24000), "lengths": torch.tensor([24000, 24000]), "padded": False}
+    task = PretrainTask(ContrastiveCriterion(loss_weights=(0.1, 10.0)))
+    with Reads():
+        loss, _, log = task.train_step(model, batch, torch.Generator().manual_seed(0))
+        loss.backward()
+    assert reads == []
+    assert isinstance(log["loss"], torch.Tensor)  # logs stay on the device until the metrics read them at once
+    with Reads():  # the oracle sees reads: the old boolean indexing and a float() of a tensor
+        x = torch.randn(2, 5)
+        float(x[x > 0].sum())
+    assert reads == ["index", "_local_scalar_dense"]

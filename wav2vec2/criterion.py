@@ -27,16 +27,20 @@ from .model import PretrainingOutput
 __all__ = ["ContrastiveCriterion", "CtcCriterion", "contrastive_accuracy"]
 
 
-def contrastive_accuracy(logits: torch.Tensor) -> tuple[int, int]:
-    """(correct, count) as the reference counts them: rows whose argmax is the positive (column 0), minus rows
-    where argmax and argmin are both 0 (all candidates tie)."""
+def _correct_count(logits: torch.Tensor) -> torch.Tensor:
+    """The reference's count of correct rows as a 0-d tensor on the logits' device (no host synchronisation): rows
+    whose argmax is the positive (column 0), minus rows where argmax and argmin are both 0 (all candidates tie)."""
     if logits.numel() == 0:
-        return 0, 0
+        return torch.zeros((), dtype=torch.long, device=logits.device)
     with torch.no_grad():
         is_max = logits.argmax(-1) == 0
         is_min = logits.argmin(-1) == 0
-        correct = int(is_max.sum()) - int((is_max & is_min).sum())
-    return correct, int(logits.shape[0])
+        return is_max.sum() - (is_max & is_min).sum()
+
+
+def contrastive_accuracy(logits: torch.Tensor) -> tuple[int, int]:
+    """(correct, count) as the reference counts them (see ``_correct_count``)."""
+    return int(_correct_count(logits)), int(logits.shape[0])
 
 
 @dataclass
@@ -60,7 +64,8 @@ class ContrastiveCriterion:
         contrastive = F.cross_entropy(logits, target, reduction="sum")
         sample_size = int(logits.shape[0])
         loss = contrastive
-        log: dict = {"loss_0": float(contrastive.detach())}
+        # log values stay 0-d device tensors: the metrics read them all at once, with one synchronisation per update
+        log: dict = {"loss_0": contrastive.detach()}
         w_div, w_pen = self.loss_weights
         k = 1
         if out.prob_perplexity is not None and out.num_vars is not None:
@@ -69,24 +74,23 @@ class ContrastiveCriterion:
             if w_div != 0:
                 term = w_div * diversity
                 loss = loss + term
-                log[f"loss_{k}"] = float(term.detach())
+                log[f"loss_{k}"] = term.detach()
                 k += 1
         if w_pen != 0:
             term = w_pen * out.features_pen.float() * sample_size
             loss = loss + term
-            log[f"loss_{k}"] = float(term.detach())
-        correct, count = contrastive_accuracy(logits)
+            log[f"loss_{k}"] = term.detach()
         log.update(
-            loss=float(loss.detach()),
+            loss=loss.detach(),
             ntokens=sample_size,
             nsentences=int(out.mask_indices.shape[0]),
             sample_size=sample_size,
-            correct=correct,
-            count=count,
+            correct=_correct_count(logits),
+            count=sample_size,
         )
         if out.prob_perplexity is not None:
-            log["prob_perplexity"] = float(out.prob_perplexity.detach().float().mean())
-            log["code_perplexity"] = float(out.code_perplexity.detach().float().mean())
+            log["prob_perplexity"] = out.prob_perplexity.detach().float().mean()
+            log["code_perplexity"] = out.code_perplexity.detach().float().mean()
             log["temp"] = float(out.temp)
         return loss, sample_size, log
 
@@ -108,13 +112,16 @@ class CtcCriterion:
         target: torch.Tensor,
         target_lengths: torch.Tensor,
     ) -> tuple[torch.Tensor, int, dict]:
-        """logits B x T x V (as the CTC model returns them), target B x Lmax padded with ``pad_index``."""
+        """logits B x T x V (as the CTC model returns them), target B x Lmax padded with ``pad_index``.
+
+        Give ``target`` and ``target_lengths`` on the CPU (as the loader makes them): the pad/eos removal and the
+        length check then run there and only the flat targets travel to the device, so nothing waits for it."""
         b, t, _ = logits.shape
         log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # T x B x V
         if out_lengths is None:
             out_lengths = torch.full((b,), t, dtype=torch.long, device=logits.device)
         valid = (target != self.pad_index) & (target != self.eos_index)
-        flat_targets = target[valid]
+        flat_targets = target[valid].to(logits.device, non_blocking=True)
         tl = valid.sum(-1)
         if not torch.equal(tl.cpu(), target_lengths.cpu()):
             raise ValueError("target_lengths do not match the non-pad entries of target")
@@ -128,7 +135,7 @@ class CtcCriterion:
             zero_infinity=self.zero_infinity,
         )
         log = {
-            "loss": float(loss.detach()),
+            "loss": loss.detach(),
             "ntokens": int(tl.sum()),
             "nsentences": b,
             "sample_size": b,

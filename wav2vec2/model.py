@@ -42,6 +42,17 @@ def lengths_to_padding_mask(lengths: Optional[torch.Tensor], max_len: int) -> Op
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
 
 
+def masked_positions(mask: torch.Tensor, m: int) -> torch.Tensor:
+    """B x m indices of the masked frames of each row of ``mask`` (B x T bool, exactly ``m`` True per row), in
+    order. Unlike boolean indexing, no ``nonzero`` reads the mask back to the host (a synchronisation on GPUs)."""
+    return torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :m]
+
+
+def gather_frames(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``x[b, positions[b, i]]`` for B x T x C ``x``: B x m x C (the same values as ``x[mask].view(B, m, C)``)."""
+    return x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 @dataclass
 class PretrainingOutput:
     """Everything the contrastive criterion and the logs need from one forward pass.
@@ -275,11 +286,12 @@ class Wav2Vec2Model(nn.Module):
         for s, ms in zip(sizes, masks):
             sl = slice(start, start + s)
             start += s
-            counts = ms.sum(1)
-            m = int(counts[0])
-            if s > 1 and not bool((counts == m).all()):
+            per_row = ms.sum(1).tolist()  # the step's one host read: the masked-frame count sets the shapes
+            m = per_row[0]
+            if any(c != m for c in per_row):
                 raise ValueError("pretraining needs the same number of masked frames per utterance (require_same_masks)")
-            y = unmasked[sl][ms].view(s, m, -1)
+            positions = masked_positions(ms, m)
+            y = gather_frames(unmasked[sl], positions)
             if self.quantizer is not None:
                 q = self.quantizer(y, generator=generator)
                 y = q.x
@@ -295,7 +307,7 @@ class Wav2Vec2Model(nn.Module):
                 )
             if self.target_glu is not None:
                 y = self.target_glu(y)  # row-wise, so gathering negatives afterwards is the same
-            xm = self.final_proj(x[sl][ms].view(s, m, -1))
+            xm = self.final_proj(gather_frames(x[sl], positions))
             lg = contrastive_logits_from_indices(xm, y, neg_idx, min(self.cfg.num_negatives, neg_idx.shape[-1]),
                                                  self.cfg.logit_temp, fp32=self.cfg.fp32_cosine_sim)
             logits_parts.append(lg.permute(1, 2, 0).reshape(s * m, -1))

@@ -35,6 +35,13 @@ def perplexity(probs: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(avg * torch.log(avg + 1e-7)).sum(dim=-1)).sum()
 
 
+def _one_hot(index: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``F.one_hot(index, num_classes).to(dtype)`` without its range check, which reads the indices back to the
+    host (a synchronisation on GPUs); ``index`` comes from an argmax over ``num_classes``, so it is in range."""
+    out = torch.zeros(*index.shape, num_classes, dtype=dtype, device=index.device)
+    return out.scatter_(-1, index.unsqueeze(-1), 1.0)
+
+
 class GumbelVectorQuantizer(nn.Module):
     """Args (fairseq names): ``dim`` input width (E = 512), ``num_vars`` (latent_vars, 320), ``temp``
     (latent_temp (2.0, 0.5, 0.999995); Large end 0.1), ``groups`` (latent_groups, 2), ``combine_groups``,
@@ -100,7 +107,7 @@ class GumbelVectorQuantizer(nn.Module):
         logits = self.weight_proj(flat).view(n, self.groups, self.num_vars)
         logits32 = logits.float()
         choice = logits32.argmax(dim=-1)  # n x G
-        hard = F.one_hot(choice, self.num_vars).to(logits32.dtype)
+        hard = _one_hot(choice, self.num_vars, logits32.dtype)
         with torch.no_grad():
             code_ppl = perplexity(hard)
         prob_ppl = perplexity(torch.softmax(logits32, dim=-1))

@@ -20,13 +20,15 @@ __all__ = ["PretrainTask", "FinetuneTask"]
 
 
 def _lengths_or_none(batch: Mapping[str, Any]) -> torch.Tensor | None:
-    """None when every row is full length (cropped pretraining batches carry no padding)."""
+    """None when every row is full length (cropped pretraining batches carry no padding). The loader's ``padded``
+    flag answers without reading the lengths back from the device; other batches are inspected."""
     lengths = batch.get("lengths")
     if lengths is None:
         return None
-    if bool((lengths == batch["source"].shape[1]).all()):
-        return None
-    return lengths
+    padded = batch.get("padded")
+    if padded is None:
+        padded = not bool((lengths == batch["source"].shape[1]).all())
+    return lengths if padded else None
 
 
 @dataclass
@@ -56,9 +58,8 @@ class FinetuneTask:
 
     def _forward(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
         logits, out_lengths = model(batch["source"], batch.get("lengths"), generator=generator)
-        target = batch["target"].to(logits.device)
-        target_lengths = batch["target_lengths"].to(logits.device)
-        return logits, out_lengths, self.criterion(logits, out_lengths, target, target_lengths)
+        # targets stay on the CPU: the criterion strips their padding there and sends only the letters over
+        return logits, out_lengths, self.criterion(logits, out_lengths, batch["target"], batch["target_lengths"])
 
     def train_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
         return self._forward(model, batch, generator)[2]

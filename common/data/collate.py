@@ -5,6 +5,8 @@ Output (empty dict for an empty batch)::
     id               LongTensor B          dataset indices, sub-batch after sub-batch
     source           FloatTensor B x L     waveforms, cropped or zero-padded to a common length L
     lengths          LongTensor B          valid samples per row (= L for every row when cropping)
+    padded           bool                  whether some row is shorter than L (known here on the host, so a
+                                           consumer need not read ``lengths`` back from a GPU to find out)
     sub_batch_sizes  LongTensor S          utterances per sub-batch (S = 1 unless num_concat_batches > 1)
     target           LongTensor B x Tmax   label ids right-padded with the pad index (labelled data only)
     target_lengths   LongTensor B          (labelled data only)
@@ -75,6 +77,7 @@ class Collater:
             "id": torch.tensor(ids, dtype=torch.long),
             "source": out,
             "lengths": lengths,
+            "padded": bool((lengths < width).any()),
             "sub_batch_sizes": torch.tensor(list(sub_batch_sizes) if sub_batch_sizes else [len(samples)],
                                             dtype=torch.long),
         }
