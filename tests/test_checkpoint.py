@@ -263,3 +263,24 @@ def test_fairseq_ctc_hydra_checkpoint_with_w2v_args(tmp_path):
     assert back.config.encoder_layerdrop == 0.1 and back.config.mask_prob == 0.5
     assert back.config.freeze_finetune_updates == 10000 and back.config.hourglass is None
     assert torch.equal(_outputs(back.model, X, LEN), _outputs(model, X, LEN))
+
+
+def test_hf_export_decodes_with_the_transformers_processor(tmp_path):
+    """The exported directory works with Wav2Vec2Processor: its tokenizer's pad (the CTC blank it drops) is index 0,
+    the model's blank, so HF's decoding of HF's logits equals our greedy transcript."""
+    transformers = pytest.importorskip("transformers")
+    from common.metrics import ctc_greedy_string
+
+    model = _models()["ctc"]
+    with torch.no_grad():  # keep the random model off the special symbols 1-3, which the two decoders name apart
+        model.w2v_encoder.proj.bias[1:4] -= 100.0
+    save_hf(model, str(tmp_path / "hf"), labels=LABELS)
+    processor = transformers.Wav2Vec2Processor.from_pretrained(str(tmp_path / "hf"))
+    hf = transformers.Wav2Vec2ForCTC.from_pretrained(str(tmp_path / "hf")).eval()
+    assert processor.tokenizer.pad_token_id == hf.config.pad_token_id == 0
+    inputs = processor(X[0].numpy(), sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        ids = hf(inputs.input_values).logits.argmax(-1)
+    symbols = ["<s>", "<pad>", "</s>", "<unk>"] + LABELS.split()[::2]
+    ours = ctc_greedy_string(_outputs(model, X[:1], None)[0].argmax(-1), symbols)
+    assert ours.strip() and processor.batch_decode(ids)[0] == " ".join(ours.replace("|", " ").split())

@@ -641,3 +641,37 @@ def test_pretraining_step_reads_nothing_back_between_kernels():
         x = torch.randn(2, 5)
         float(x[x > 0].sum())
     assert reads == ["index", "_local_scalar_dense"]
+
+
+def test_loss_terms_logged_only_when_there_are_several():
+    """REFERENCE 3.1 step 7: loss_0, loss_1, ... appear only when the loss has more than one term."""
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(preset("tiny", **NO_DROP)).train()
+    out = model(torch.randn(2, 16000), generator=torch.Generator().manual_seed(0))
+    assert "loss_0" not in ContrastiveCriterion(loss_weights=(0.0, 0.0))(out)[2]
+    keys = ContrastiveCriterion(loss_weights=(0.1, 0.0))(out)[2]
+    assert "loss_0" in keys and "loss_1" in keys and "loss_2" not in keys
+
+
+def test_finetuning_runs_an_unpadded_batch_without_lengths():
+    """REFERENCE 1.4.1: without padding there is one span-count draw for the whole batch; with lengths the draws
+    would be per utterance (then cut to the smallest). The task hands the model lengths only for padded batches,
+    and the CTC loss is the same either way."""
+    from wav2vec2.tasks import FinetuneTask
+
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(preset("tiny", mask_prob=0.0, mask_channel_prob=0.0, final_dropout=0.0, **NO_DROP), 10)
+    seen = []
+    forward = model.forward
+    model.forward = lambda x, lengths=None, **kw: (seen.append(lengths), forward(x, lengths, **kw))[1]
+    task = FinetuneTask(CtcCriterion(), symbols=[str(i) for i in range(10)])
+    source = torch.randn(2, 16000)
+    target = torch.tensor([[4, 5, 6], [7, 8, 1]])
+    batch = {"source": source, "lengths": torch.tensor([16000, 16000]), "target": target,
+             "target_lengths": torch.tensor([3, 2])}
+    losses = [task.train_step(model, dict(batch, padded=False), None)[0],
+              task.train_step(model, batch, None)[0]]  # no flag: the lengths are inspected
+    assert seen[0] is None and seen[1] is None
+    padded = task.train_step(model, dict(batch, padded=True), None)[0]
+    assert seen[2] is not None
+    assert torch.allclose(losses[0], padded, rtol=1e-5) and torch.equal(losses[0], losses[1])

@@ -568,8 +568,8 @@ def hf_config(cfg: Wav2Vec2Config, vocab_size: Optional[int] = None, *, transfor
         "num_negatives": cfg.num_negatives,
         "diversity_loss_weight": 0.1,
         "do_normalize": cfg.normalize,
-        "pad_token_id": 0,  # CTC blank = index 0 (fairseq's <s>)
-        "bos_token_id": 0,
+        "pad_token_id": 0,  # CTC blank = index 0 (fairseq's <s>, named <pad> in the exported vocab.json)
+        "bos_token_id": 1,
         "eos_token_id": 2,
         "ctc_loss_reduction": "sum",
         "ctc_zero_infinity": True,
@@ -657,16 +657,36 @@ def _load_hf_dir(path: str) -> LoadedCheckpoint:
 
 
 def save_hf(model: nn.Module, out_dir: str, labels: Optional[str] = None) -> None:
-    """Write a HuggingFace model directory (config.json, model.safetensors and, with labels, vocab.json)."""
+    """Write a HuggingFace model directory: config.json, model.safetensors, preprocessor_config.json and, with
+    labels, vocab.json + tokenizer_config.json, so that ``Wav2Vec2Processor.from_pretrained`` works.
+
+    The vocabulary names index 0 ``<pad>`` and index 1 ``<s>``, as HF's converted fairseq models do: HF's CTC
+    tokenizer drops its pad token as the blank, and our blank is index 0 (fairseq's ``<s>``)."""
     os.makedirs(out_dir, exist_ok=True)
     vocab = model.vocab_size if isinstance(model, Wav2Vec2ForCTC) else None
+    cfg: Wav2Vec2Config = model.cfg  # type: ignore[assignment]
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config(model.cfg, vocab), f, indent=2)  # type: ignore[arg-type]
+        json.dump(hf_config(cfg, vocab), f, indent=2)
     save_safetensors(hf_state_dict(model), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    feature_extractor = {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor", "processor_class": "Wav2Vec2Processor",
+        "feature_size": 1, "sampling_rate": 16000, "padding_value": 0.0, "padding_side": "right",
+        "do_normalize": bool(cfg.normalize),
+        # GroupNorm extractors must not see an attention mask (HF's own rule); LayerNorm ones (Large) take it
+        "return_attention_mask": cfg.extractor_mode == "layer_norm",
+    }
+    with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
+        json.dump(feature_extractor, f, indent=2)
     if labels is not None:
-        symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [line.rsplit(" ", 1)[0] for line in labels.splitlines() if line.strip()]
+        symbols = ["<pad>", "<s>", "</s>", "<unk>"] + [line.rsplit(" ", 1)[0] for line in labels.splitlines()
+                                                        if line.strip()]
         with open(os.path.join(out_dir, "vocab.json"), "w") as f:
             json.dump({s: i for i, s in enumerate(symbols)}, f, indent=1)
+        tokenizer = {"tokenizer_class": "Wav2Vec2CTCTokenizer", "processor_class": "Wav2Vec2Processor",
+                     "pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                     "word_delimiter_token": "|", "do_lower_case": False}
+        with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+            json.dump(tokenizer, f, indent=2)
 
 
 def save_fairseq(model: nn.Module, path: str, labels: Optional[str] = None) -> None:

@@ -69,8 +69,8 @@ class ContrastiveCriterion:
         w_div, w_pen = self.loss_weights
         k = 1
         if out.prob_perplexity is not None and out.num_vars is not None:
-            rows = torch.tensor(out.sub_batch_rows, dtype=torch.float32, device=logits.device)
-            diversity = ((out.num_vars - out.prob_perplexity.float()) / out.num_vars * rows).sum()
+            ppl = out.prob_perplexity.float()  # per sub-batch; weighted by its rows (Python ints: no host copy)
+            diversity = sum(((out.num_vars - ppl[i]) / out.num_vars) * rows for i, rows in enumerate(out.sub_batch_rows))
             if w_div != 0:
                 term = w_div * diversity
                 loss = loss + term
@@ -80,6 +80,9 @@ class ContrastiveCriterion:
             term = w_pen * out.features_pen.float() * sample_size
             loss = loss + term
             log[f"loss_{k}"] = term.detach()
+            k += 1
+        if k == 1:  # the reference logs the terms loss_0, loss_1, ... only when there is more than one
+            del log["loss_0"]
         log.update(
             loss=loss.detach(),
             ntokens=sample_size,

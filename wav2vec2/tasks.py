@@ -57,7 +57,9 @@ class FinetuneTask:
     mode: str = "finetune"
 
     def _forward(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
-        logits, out_lengths = model(batch["source"], batch.get("lengths"), generator=generator)
+        # an unpadded batch runs without lengths, as the reference runs it without a padding mask: one span-count
+        # draw for the whole batch (REFERENCE 1.4.1) and the plain extractor; the CTC loss then uses every frame
+        logits, out_lengths = model(batch["source"], _lengths_or_none(batch), generator=generator)
         # targets stay on the CPU: the criterion strips their padding there and sends only the letters over
         return logits, out_lengths, self.criterion(logits, out_lengths, batch["target"], batch["target_lengths"])
 
