@@ -113,6 +113,8 @@ def check_pretrain_collapse(metrics: Mapping[str, Any], update: Optional[int],
             f"possible collapse at update {update}: contrastive accuracy {acc:.4f} >= {cfg.max_early_accuracy:g} "
             f"within the first {cfg.early_updates} updates (trivial solution)", update, cfg.on_collapse))
     contrastive = _num(metrics, "loss_0")
+    if contrastive is None and not any(k.startswith("loss_") and k != "loss_scale" for k in metrics):
+        contrastive = _num(metrics, "loss")  # a one-term loss is logged without loss_0: it is the contrastive term
     if (cfg.min_contrastive_loss > 0 and contrastive is not None and math.isfinite(contrastive)
             and contrastive <= cfg.min_contrastive_loss):
         issues.append(HealthIssue(

@@ -231,6 +231,7 @@ class Trainer:
                 raise ValueError(f"{source}: {exc}") from None
             if changed:
                 self.print(f"{source}: {changed}")
+            self._align_data_position(source)
         if ckpt.get("metrics"):
             self.metrics.load_state_dict(ckpt["metrics"])
         if self.health is not None and ckpt.get("health"):
@@ -241,6 +242,18 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema_model"])
         if ckpt.get("rng", {}).get("torch") is not None:
             torch.set_rng_state(ckpt["rng"]["torch"])
+
+    def _align_data_position(self, source: str) -> None:
+        """Updates start at multiples of ``update_freq`` batches: a restored position between two (a changed plan
+        or ``--update_freq``) moves back to the last update start, repeating fewer than ``update_freq`` batches."""
+        loader, uf = self.train_loader, self.cfg.update_freq
+        pos = loader.batch_in_epoch
+        if pos % uf == 0:
+            return
+        state = dict(loader.state_dict(), batch_in_epoch=pos - pos % uf)
+        loader.load_state_dict(state)
+        self.print(f"{source}: data position {pos} is not a multiple of --update_freq {uf}: resuming at batch "
+                   f"{pos - pos % uf}")
 
     def _load_reference_optimizer(self, ckpt: Mapping[str, Any], source: str) -> None:
         """The reference's optimizer layout (REFERENCE.md 2.2: one flat FP32 Adam state + ``loss_scale`` in mixed
@@ -362,7 +375,8 @@ class Trainer:
         self.update_losses.append(norm_loss)
         self.metrics["lr"] = lr
         self.metrics["loss_scale"] = float(getattr(self.scaler, "loss_scale", 1.0))
-        self.metrics["grad_norm"] = grad_norm if math.isfinite(grad_norm) else 0.0
+        if skipped_reason is None:  # a skipped update has no meaningful norm: leave it out of the averages
+            self.metrics["grad_norm"] = grad_norm
         self.metrics.accumulate()
         self.scheduler.step(step)
 
@@ -417,6 +431,7 @@ class Trainer:
             self.metrics.start_scope("train_avg", sync=True)
             self.metrics.start_scope("train", timer=False)
             it = iter(loader)
+            ran_in_epoch = False
             while done_in_epoch < steps_per_epoch and self.state.step < cfg.max_update:
                 position = loader.batch_in_epoch
                 self.metrics.start_timer("train")
@@ -426,7 +441,7 @@ class Trainer:
                     self._save_before_data_failure(position)
                     raise failure.__cause__  # type: ignore[misc]
                 self.metrics.stop_timer("train")
-                ran_updates = True
+                ran_updates = ran_in_epoch = True
                 done_in_epoch += 1
                 if progress is not None:
                     progress.update(1)
@@ -444,8 +459,9 @@ class Trainer:
                     self.print(f"Stopped at update {self.state.step}; resume with --resume")
                     return self.state
             del it
-            res = self.metrics.finish_scope("train_avg", sync=True)
-            self._log("train_avg", (epoch,), res, self.metrics)
+            if ran_in_epoch:  # (a job resumed at the very end of an epoch has no epoch average of its own)
+                res = self.metrics.finish_scope("train_avg", sync=True)
+                self._log("train_avg", (epoch,), res, self.metrics)
             best = False
             if cfg.validate and self.valid_loader is not None:
                 try:

@@ -29,7 +29,7 @@ def test_collapse_signs():
     assert check_pretrain_collapse(healthy, 5000) == []
     collapsed = {"loss": 0.01, "accuracy": 0.999, "code_perplexity": 2.0, "prob_perplexity": 2.3, "grad_norm": 1e-9}
     kinds = [i.kind for i in check_pretrain_collapse(collapsed, 3000, HealthConfig(min_grad_norm=1e-6))]
-    assert kinds == ["collapse_perplexity", "collapse_accuracy", "vanishing_grad"]
+    assert kinds == ["collapse_perplexity", "collapse_accuracy", "collapse_loss_floor", "vanishing_grad"]
     # accuracy near 1 late in training is not flagged as "early"
     assert [i.kind for i in check_pretrain_collapse({"accuracy": 0.995}, 50000)] == []
     # perplexity just above the floor 1.5 * 2 = 3 is fine
@@ -43,7 +43,10 @@ def test_contrastive_loss_floor():
     a healthy value, the total loss alone, or the check switched off (0) are not."""
     assert [i.kind for i in check_pretrain_collapse({"loss_0": 0.004}, 80000)] == ["collapse_loss_floor"]
     assert check_pretrain_collapse({"loss_0": 1.7, "loss": 1.9}, 80000) == []
-    assert check_pretrain_collapse({"loss": 0.001}, 80000) == []
+    assert check_pretrain_collapse({"loss": 0.2, "loss_0": 1.9, "loss_1": 0.1}, 80000) == []  # total vs term
+    # a run with one loss term logs no loss_0 (REFERENCE 3.1): its loss is the contrastive term
+    assert [i.kind for i in check_pretrain_collapse({"loss": 0.001, "loss_scale": 1.0}, 80000)] == [
+        "collapse_loss_floor"]
     assert check_pretrain_collapse({"loss_0": 0.0}, 10, HealthConfig(min_contrastive_loss=0.0)) == []
     assert "0.004 bits" in check_pretrain_collapse({"loss_0": 0.004}, 7)[0].reason
 

@@ -616,3 +616,44 @@ def test_a_data_error_on_another_rank_is_saved_by_that_rank(tmp_path, capsys):
     saved = torch.load(tmp_path / "wav2vec2_update0.pt", weights_only=True)
     assert saved["train_state"]["step"] == 0 and saved["data"]["batch_in_epoch"] == 0
     assert "[rank 1] Saving" in capsys.readouterr().out
+
+
+def test_resume_between_two_update_starts_moves_back_to_one(tmp_path):
+    """A restored data position that is not a multiple of update_freq (a changed plan or --update_freq) moves back
+    to the last update start instead of running past the end of the epoch."""
+    trainer, _, _ = _toy_trainer(tmp_path, _ToyTask(), max_update=3, update_freq=2, no_save=True)
+    printed = []
+    trainer.print = printed.append
+    trainer.load_state_dict({"model": trainer.model.state_dict(), "train_state": {"step": 1, "epoch": 1},
+                             "data": {"epoch": 1, "batch_in_epoch": 3}})
+    assert trainer.train_loader.batch_in_epoch == 2 and any("resuming at batch 2" in p for p in printed)
+    trainer.fit()
+    assert trainer.state.step == 3
+
+
+def test_skipped_updates_log_no_gradient_norm_and_resumed_epoch_ends_log_no_average(tmp_path):
+    """An overflow-skipped update has no gradient norm to log (a 0 would read as a vanishing gradient); a job that
+    resumes exactly at an epoch's end (after a failed validation) validates that epoch again but does not log a
+    second, empty train_avg for it."""
+    from common.data.errors import DataError
+
+    task = _ToyTask()
+    trainer, model, logger = _toy_trainer(tmp_path, task, precision_mode="bf16", max_update=6, validate=True)
+    trainer.train_loader = _ToyLoader(3)  # epochs of 3 updates
+    model.weight.register_hook(lambda g: torch.full_like(g, float("inf")) if trainer.state.step == 2 else g)
+    trainer.valid_loader = _FailingLoader(2, bad=0)
+    with pytest.raises(DataError):
+        trainer.fit()
+    per_update = {step[1]: d for step, d in logger.records if isinstance(step, tuple) and len(step) == 3}
+    assert "train_grad_norm" in per_update[1] and "train_grad_norm" not in per_update[2]
+    assert sum(1 for step, d in logger.records if step == (1,) and "train_avg_loss" in d) == 1
+    saved = torch.load(tmp_path / "wav2vec2_update3.pt", weights_only=True)
+    assert saved["data"]["batch_in_epoch"] == 3 and saved["train_state"]["epoch"] == 1
+    again, _, logger2 = _toy_trainer(tmp_path / "again", _ToyTask(), max_update=6, validate=True, no_save=True)
+    again.train_loader = _ToyLoader(3)
+    again.valid_loader = _ToyLoader(2)
+    again.load_state_dict(saved)
+    again.fit()
+    assert not any(step == (1,) and any(k.startswith("train_avg_") for k in d) for step, d in logger2.records)
+    assert any(step == (1,) and "val_loss" in d for step, d in logger2.records)  # epoch 1 validated again
+    assert any(step == (2,) and "train_avg_loss" in d for step, d in logger2.records)

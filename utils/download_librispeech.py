@@ -11,9 +11,9 @@ download left as ``.tar.gz.tmp`` is resumed), its MD5 sum is checked against the
 and the tool exits with status 1) and the tarball is extracted into EXTRACT_DIR (default DEST),
 giving ``<EXTRACT_DIR>/LibriSpeech/<subset>/...``. Extraction writes a marker
 ``.<subset>.tar.gz.extracted`` in EXTRACT_DIR and is skipped on later runs. Every stage reports
-progress on stderr (download: a line updated in place; MD5 check: MiB hashed; extraction: MiB of the
-archive listed, then members extracted; the last two as whole lines with rate and ETA every
-``--progress_interval`` seconds); ``--quiet`` turns it off.
+progress on stderr as whole lines with rate and ETA (download and MD5 check: MiB; extraction: MiB of the
+archive listed, then members extracted; hashing and extraction every ``--progress_interval`` seconds, the
+download every 10 s); ``--quiet`` turns it off.
 
 ``--base_url`` replaces ``https://www.openslr.org/resources/12`` (a mirror, a local directory or a
 ``file://`` URL); ``--md5 NAME=HEX`` adds or overrides a checksum (used by the tests).

@@ -118,7 +118,8 @@ class CtcCriterion:
         """logits B x T x V (as the CTC model returns them), target B x Lmax padded with ``pad_index``.
 
         Give ``target`` and ``target_lengths`` on the CPU (as the loader makes them): the pad/eos removal and the
-        length check then run there and only the flat targets travel to the device, so nothing waits for it."""
+        length check then run there and only the flat targets travel to the device. (torch's ``ctc_loss`` itself
+        still reads the frame lengths back to the host.)"""
         b, t, _ = logits.shape
         log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # T x B x V
         if out_lengths is None:
