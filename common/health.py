@@ -80,12 +80,16 @@ def _num(metrics: Mapping[str, Any], key: str) -> Optional[float]:
         return None
 
 
+def _is_loss_term(key: str) -> bool:
+    """``loss_0``, ``loss_1``, ...: the terms of a multi-term loss (``loss_scale`` is not one)."""
+    return key.startswith("loss_") and key != "loss_scale"
+
+
 def check_finite_loss(metrics: Mapping[str, Any], update: Optional[int], cfg: HealthConfig = HealthConfig()
                       ) -> List[HealthIssue]:
     """Non-finite ``loss`` / ``loss_<i>`` values (``loss_scale`` excluded)."""
     bad = [f"{k}={metrics[k]}" for k in metrics
-           if (k == "loss" or k.startswith("loss_")) and k != "loss_scale"
-           and _num(metrics, k) is not None and not math.isfinite(_num(metrics, k))]
+           if (k == "loss" or _is_loss_term(k)) and _num(metrics, k) is not None and not math.isfinite(_num(metrics, k))]
     if not bad:
         return []
     return [HealthIssue("non_finite_loss", f"non-finite loss at update {update}: {', '.join(bad)}", update,
@@ -113,7 +117,7 @@ def check_pretrain_collapse(metrics: Mapping[str, Any], update: Optional[int],
             f"possible collapse at update {update}: contrastive accuracy {acc:.4f} >= {cfg.max_early_accuracy:g} "
             f"within the first {cfg.early_updates} updates (trivial solution)", update, cfg.on_collapse))
     contrastive = _num(metrics, "loss_0")
-    if contrastive is None and not any(k.startswith("loss_") and k != "loss_scale" for k in metrics):
+    if contrastive is None and not any(_is_loss_term(k) for k in metrics):
         contrastive = _num(metrics, "loss")  # a one-term loss is logged without loss_0: it is the contrastive term
     if (cfg.min_contrastive_loss > 0 and contrastive is not None and math.isfinite(contrastive)
             and contrastive <= cfg.min_contrastive_loss):

@@ -364,14 +364,14 @@ class MetricsAggregator:
         """Replay the pending entries in their order, reading their tensors in one transfer per device."""
         if not self._pending:
             return
+        import torch  # (this module imports torch only where it needs it, as distributed_sum does)
+
         by_device: Dict[Any, List[int]] = {}
         for i, (_, value, _) in enumerate(self._pending):
-            if hasattr(value, "detach"):
+            if isinstance(value, torch.Tensor):
                 by_device.setdefault(value.device, []).append(i)
         numbers: Dict[int, float] = {}
         for indices in by_device.values():
-            import torch
-
             stacked = torch.stack([self._pending[i][1].detach().reshape(()).double() for i in indices])
             numbers.update(zip(indices, stacked.tolist()))
         pending, self._pending = self._pending, []

@@ -47,6 +47,15 @@ def test_every_utterance_once_per_epoch_on_1_2_3_ranks(corpus):
             assert sorted(ids) == list(range(40))
 
 
+def _position_after(loader, epoch: int, batches: int) -> dict:
+    """The loader's saved position after handing out ``batches`` batches of ``epoch``."""
+    loader.set_epoch(epoch)
+    it = iter(loader)
+    for _ in range(batches):
+        next(it)
+    return loader.state_dict()
+
+
 def test_resume_yields_identical_remaining_batches_and_crops(corpus):
     ds = AudioDataset(load_manifest(corpus / "train.tsv"))
     ref = build_loader(ds, _cfg(), 2, 1)
@@ -55,11 +64,7 @@ def test_resume_yields_identical_remaining_batches_and_crops(corpus):
     assert len(full) >= 4
 
     run = build_loader(ds, _cfg(), 2, 1)
-    run.set_epoch(2)
-    it = iter(run)
-    for _ in range(3):
-        next(it)
-    state = run.state_dict()
+    state = _position_after(run, epoch=2, batches=3)
     assert state["epoch"] == 2 and state["batch_in_epoch"] == 3
 
     resumed = build_loader(ds, _cfg(num_workers=1), 2, 1)  # a worker process must not change the crops
@@ -94,11 +99,7 @@ def test_resume_with_a_changed_plan_when_allowed(corpus):
     """--allow_data_plan_change: the epoch continues from the same fraction of the new plan, with a message."""
     ds = AudioDataset(load_manifest(corpus / "train.tsv"))
     run = build_loader(ds, _cfg(), 2, 0)
-    run.set_epoch(4)
-    it = iter(run)
-    for _ in range(2):
-        next(it)
-    state = run.state_dict()
+    state = _position_after(run, epoch=4, batches=2)
     one_rank = build_loader(ds, _cfg(), 1, 0)  # half the ranks: about twice the batches per rank
     message = one_rank.load_state_dict(state, allow_plan_change=True)
     expected = round(2 * len(one_rank) / len(run))
