@@ -204,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
         spec_train, spec_val = MetricsSpec.pretrain(), MetricsSpec.pretrain()
     else:
         task = FinetuneTask(CtcCriterion(blank_index=dictionary.bos, pad_index=dictionary.pad,
-                                         eos_index=dictionary.eos), symbols=dictionary.symbols)
+                                         eos_index=dictionary.eos), symbols=dictionary.symbols,
+                            frame_lengths=model.w2v_model.output_lengths)
         spec_train, spec_val = MetricsSpec.finetune(), MetricsSpec.finetune()
 
     optimizer = build_optimizer(model.parameters(), OptimizerConfig(

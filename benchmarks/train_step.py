@@ -106,8 +106,9 @@ def _finetune_setup(args, cfg, x, device):
     ours = Wav2Vec2ForCTC(ft_cfg, VOCAB).train().to(device)
     n_letters = max(1, int(round(args.letters * args.seconds)))
     g_host = torch.Generator().manual_seed(0)
-    target = torch.randint(4, VOCAB, (args.batch, n_letters), generator=g_host).to(device)
-    target_lengths = torch.full((args.batch,), n_letters, dtype=torch.long, device=device)
+    # targets on the host, as the loader gives them to the criterion (HF gets a device copy)
+    target = torch.randint(4, VOCAB, (args.batch, n_letters), generator=g_host)
+    target_lengths = torch.full((args.batch,), n_letters, dtype=torch.long)
     crit = CtcCriterion()
     hf = step_hf = None
     if not args.skip_hf:
@@ -121,9 +122,10 @@ def _finetune_setup(args, cfg, x, device):
             hf.load_state_dict(hf_state_dict(ours))
         hf.freeze_feature_encoder()
         hf = hf.to(device)
+        hf_target = target.to(device)
 
         def step_hf():
-            return hf(x, labels=target).loss
+            return hf(x, labels=hf_target).loss
 
     def step_ours():
         logits, out_lengths = ours(x, None)

@@ -314,6 +314,9 @@ class Trainer:
         out = {}
         for k, v in batch.items():
             out[k] = v.to(dev, non_blocking=True) if torch.is_tensor(v) and k in ("source", "lengths") else v
+        if torch.is_tensor(batch.get("lengths")):
+            # the loader's copy stays too: length arithmetic on it needs no read back from the device
+            out["host_lengths"] = batch["lengths"]
         return out
 
     def _update(self, batches: Iterator[Mapping[str, Any]]) -> None:

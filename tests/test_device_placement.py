@@ -61,3 +61,33 @@ def test_finetuning_forward_and_backward_stay_on_the_device(name, meta_autocast)
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert "w2v_encoder.proj.weight" in grads and any(n.startswith("w2v_encoder.w2v_model.encoder.") for n in grads)
     assert all(g.device.type == "meta" for g in grads.values())
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_finetuning_ctc_loss_gets_host_frame_lengths(padded, meta_autocast):
+    """torch's ``ctc_loss`` copies its length tensors to the host; lengths computed on the device would make that
+    copy wait for the whole forward. The batch as the trainer hands it over (``Trainer._to_device``: source and
+    lengths on the device, the loader's lengths kept as ``host_lengths``) reaches ``ctc_loss`` with device
+    log-probabilities and host frame lengths, padded or not. (meta has no CTC kernel, so the call is recorded.)"""
+    from types import SimpleNamespace
+
+    from common.trainer import Trainer
+    from wav2vec2.criterion import CtcCriterion
+    from wav2vec2.tasks import FinetuneTask
+
+    model = Wav2Vec2ForCTC(preset("tiny", mask_prob=0.0, mask_channel_prob=0.0), 32).train().to("meta")
+    lengths = torch.tensor([24000, 17000 if padded else 24000])
+    batch = {"source": torch.zeros(2, 24000), "lengths": lengths, "padded": padded,
+             "target": torch.tensor([[4, 5, 6], [7, 8, 1]]), "target_lengths": torch.tensor([3, 2])}
+    batch = Trainer._to_device(SimpleNamespace(env=SimpleNamespace(device=torch.device("meta"))), batch)
+    assert batch["source"].device.type == "meta" and batch["host_lengths"].device.type == "cpu"
+    calls = []
+
+    def ctc_loss(log_probs, targets, input_lengths, target_lengths, **kw):
+        calls.append((log_probs.device.type, input_lengths.device.type, input_lengths.tolist()))
+        return log_probs.sum()
+
+    task = FinetuneTask(CtcCriterion(), symbols=[str(i) for i in range(32)], frame_lengths=model.w2v_model.output_lengths)
+    with mock.patch("wav2vec2.criterion.F.ctc_loss", ctc_loss):
+        task.train_step(model, batch, None)
+    assert calls == [("meta", "cpu", [74, 52] if padded else [74, 74])]

@@ -675,3 +675,23 @@ def test_finetuning_runs_an_unpadded_batch_without_lengths():
     padded = task.train_step(model, dict(batch, padded=True), None)[0]
     assert seen[2] is not None
     assert torch.allclose(losses[0], padded, rtol=1e-5) and torch.equal(losses[0], losses[1])
+
+
+def test_finetuning_host_frame_lengths_equal_the_models():
+    """The CTC loss of a padded batch is the same with the task's host-computed frame lengths as with the lengths
+    the model's masked feature extractor returns (the reference's padding path, lengths mapped through each conv)."""
+    from wav2vec2.tasks import FinetuneTask
+
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(preset("tiny", mask_prob=0.0, mask_channel_prob=0.0, **NO_DROP), 10)
+    model.w2v_model.feature_extractor.mask_padding = True
+    lengths = torch.tensor([24000, 16001, 9999])
+    batch = {"source": torch.randn(3, 24000), "lengths": lengths, "padded": True,
+             "target": torch.tensor([[4, 5, 6], [7, 8, 1], [9, 1, 1]]), "target_lengths": torch.tensor([3, 2, 1])}
+    _, out_lengths = model(batch["source"], lengths)
+    assert out_lengths.tolist() == [74, 49, 30]  # floor((L - 400) / 320) + 1 for the 0.025 s / 0.02 s frames
+    plain = FinetuneTask(CtcCriterion(), symbols=[str(i) for i in range(10)])
+    host = FinetuneTask(CtcCriterion(), symbols=plain.symbols, frame_lengths=model.w2v_model.output_lengths)
+    expected = plain.train_step(model, batch, None)[0]
+    got = host.train_step(model, dict(batch, host_lengths=lengths), None)[0]
+    assert torch.equal(got, expected)

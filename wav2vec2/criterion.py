@@ -118,12 +118,13 @@ class CtcCriterion:
         """logits B x T x V (as the CTC model returns them), target B x Lmax padded with ``pad_index``.
 
         Give ``target`` and ``target_lengths`` on the CPU (as the loader makes them): the pad/eos removal and the
-        length check then run there and only the flat targets travel to the device. (torch's ``ctc_loss`` itself
-        still reads the frame lengths back to the host.)"""
+        length check then run there and only the flat targets travel to the device. torch's ``ctc_loss`` copies
+        the frame lengths ``out_lengths`` to the host: give them on the CPU too (``FinetuneTask`` does), or the
+        copy waits for the device. None: every frame is valid (lengths made on the CPU)."""
         b, t, _ = logits.shape
         log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # T x B x V
         if out_lengths is None:
-            out_lengths = torch.full((b,), t, dtype=torch.long, device=logits.device)
+            out_lengths = torch.full((b,), t, dtype=torch.long)
         valid = (target != self.pad_index) & (target != self.eos_index)
         flat_targets = target[valid].to(logits.device, non_blocking=True)
         tl = valid.sum(-1)

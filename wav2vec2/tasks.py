@@ -7,7 +7,7 @@ fine-tuning ``target`` / ``target_lengths``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -50,16 +50,25 @@ class PretrainTask:
 
 @dataclass
 class FinetuneTask:
-    """CTC training; validation adds the reference's WER statistics (greedy decoding, letter post-processing)."""
+    """CTC training; validation adds the reference's WER statistics (greedy decoding, letter post-processing).
+
+    ``frame_lengths`` is the model's samples-to-frames length map (``Wav2Vec2Model.output_lengths``). Given it and
+    the batch's ``host_lengths`` (the loader's CPU copy, which the trainer keeps), the CTC loss gets frame lengths
+    computed on the host: torch's ``ctc_loss`` copies its length tensors to the host, which for the model's
+    device lengths would wait for the whole forward and stall the launch of the backward."""
 
     criterion: CtcCriterion
     symbols: Sequence[str]
     mode: str = "finetune"
+    frame_lengths: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def _forward(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
         # an unpadded batch runs without lengths, as the reference runs it without a padding mask: one span-count
         # draw for the whole batch (REFERENCE 1.4.1) and the plain extractor; the CTC loss then uses every frame
         logits, out_lengths = model(batch["source"], _lengths_or_none(batch), generator=generator)
+        host_lengths = batch.get("host_lengths")
+        if out_lengths is not None and host_lengths is not None and self.frame_lengths is not None:
+            out_lengths = self.frame_lengths(host_lengths)
         # targets stay on the CPU: the criterion strips their padding there and sends only the letters over
         return logits, out_lengths, self.criterion(logits, out_lengths, batch["target"], batch["target_lengths"])
 
