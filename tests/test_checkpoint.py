@@ -130,6 +130,26 @@ def test_upgrade_rebuilds_weight_norm_from_plain_weight():
     assert torch.allclose(fresh.encoder.pos_conv[0].weight(), w, atol=1e-6)
 
 
+def test_upgrade_reads_a_parametrized_weight_norm():
+    """A positional conv saved with torch's ``parametrizations.weight_norm`` (``original0`` magnitude, ``original1``
+    direction) loads as ``weight_g``/``weight_v``. Oracle: torch's parametrized conv's own weight."""
+    model = _models()["pretrain"]
+    ours = model.encoder.pos_conv[0]
+    c, cg, k = ours.weight_v.shape
+    torch.manual_seed(3)
+    conv = torch.nn.utils.parametrizations.weight_norm(
+        torch.nn.Conv1d(c, c, k, padding=k // 2, groups=c // cg), name="weight", dim=2)
+    with torch.no_grad():
+        conv.parametrizations.weight.original0.mul_(1.7)
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.pos_conv.0.")}
+    sd.update({f"encoder.pos_conv.0.{k}": v for k, v in conv.state_dict().items()})
+    assert "encoder.pos_conv.0.parametrizations.weight.original0" in sd
+    fresh = Wav2Vec2Model(model.cfg).eval()
+    fresh.load_state_dict(upgrade_state_dict(sd))
+    assert torch.allclose(fresh.encoder.pos_conv[0].weight(), conv.weight, atol=1e-6)
+    assert torch.equal(fresh.encoder.pos_conv[0].bias, conv.bias)
+
+
 def test_fairseq_hydra_checkpoint_with_omegaconf_and_meters(tmp_path):
     """A hydra-era fairseq checkpoint pickles omegaconf DictConfig objects; they load without running code."""
     omegaconf = pytest.importorskip("omegaconf")

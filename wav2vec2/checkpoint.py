@@ -213,14 +213,17 @@ def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
 
 def upgrade_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove DDP ``module.`` prefixes, undo the reference's inference-time renames of the masked extractor,
-    split legacy packed ``in_proj`` / ``qkv`` attention weights, and rebuild ``weight_g``/``weight_v`` for a
-    positional conv whose weight norm was removed."""
+    split legacy packed ``in_proj`` / ``qkv`` attention weights, rename a positional conv saved with torch's
+    ``parametrizations.weight_norm`` (``parametrizations.weight.original0/1``) to ``weight_g``/``weight_v``, and
+    rebuild ``weight_g``/``weight_v`` for a positional conv whose weight norm was removed."""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         k = key.replace("module.", "") if key.startswith("module.") or ".module." in key else key
         k = re.sub(r"(conv_layers\.\d+)\.conv\.", r"\1.0.", k)
         k = re.sub(r"(conv_layers\.0)\.norm\._group_norm\.", r"\1.2.", k)
         k = re.sub(r"(conv_layers\.0)\.norm\.", r"\1.2.", k)
+        k = re.sub(r"(pos_conv\.0)\.parametrizations\.weight\.original([01])$",
+                   lambda m: f"{m.group(1)}.weight_{'g' if m.group(2) == '0' else 'v'}", k)
         m = re.match(r"(.*self_attn)\.(in_proj|qkv)_(weight|bias)$", k) or re.match(r"(.*self_attn)\.qkv\.(weight|bias)$", k)
         if m is not None:
             prefix = m.group(1)
