@@ -14,12 +14,13 @@ inference of long audio (``--chunk_seconds``, ``--chunk_overlap_seconds``). See 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence, TextIO
 
 import torch
 
@@ -40,7 +41,7 @@ class InferenceError(RuntimeError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="wav2vec 2.0 CTC inference (WER / latency)",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
+    add_common_args(parser, inference=True)
     add_dropout_and_masking_args(parser)
     add_finetuning_args(parser)
     add_inference_args(parser)
@@ -65,10 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "window drops half of it at each inner edge. None: a quarter of --chunk_seconds")
     g.add_argument("--transcribe_wav", default=None,
                    help="transcribe one 16 kHz mono audio file instead of <data>/<valid_subset>.tsv; prints "
-                        "'<file>\t<transcript>' (batch size 1 unless given)")
+                        "'<file>\t<transcript>' on stdout, everything else on stderr (batch size 1 unless given; "
+                        "no --output_dir needed)")
     g.add_argument("--transcribe_filelist", default=None,
                    help="transcribe the utterances of this .tsv filelist (LibriSpeech format, no transcripts "
-                        "needed, no WER); prints '<relative path>\t<transcript>' per utterance in filelist order")
+                        "needed, no WER); prints '<relative path>\t<transcript>' per utterance in filelist order on "
+                        "stdout, everything else on stderr (batch size 1 unless given; no --output_dir needed)")
     g.add_argument("--lexicon", default=None,
                    help="beam-search decoding constrained to this lexicon (WORD<TAB>W O R D | lines) instead of "
                         "greedy decoding; build one with python -m common.ngram_lm")
@@ -308,7 +311,9 @@ def beam_decode(result, decoder, progress=None, sample_rate: int = 16000, keep_l
 # ----------------------------------------------------------------------------------------------- main
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
+    """One inference job. ``transcripts``: where --transcribe_wav / --transcribe_filelist print their
+    ``<file>\t<transcript>`` lines (default stdout)."""
     from common.data import AudioDataset, load_manifest, open_split, single_file_manifest
     from common.data.errors import DataError
     from common.distributed import init_distributed, shutdown
@@ -321,7 +326,10 @@ def run(args: argparse.Namespace) -> int:
     if args.transcribe_wav and args.transcribe_filelist:
         raise InferenceError("give --transcribe_wav or --transcribe_filelist, not both")
     transcribing = bool(args.transcribe_wav or args.transcribe_filelist)
-    if args.transcribe_wav and args.batch_size is None and args.max_duration is None:
+    if not transcribing and args.output_dir is None:
+        raise InferenceError("give --output_dir (the JSON log nvlog_infer.json goes there); only --transcribe_wav / "
+                             "--transcribe_filelist run without one")
+    if transcribing and args.batch_size is None and args.max_duration is None:
         args.batch_size = 1
     if args.torchscript and args.torch_compile:
         raise InferenceError("--torchscript and --torch_compile are mutually exclusive")
@@ -473,7 +481,7 @@ def run(args: argparse.Namespace) -> int:
             print(_chunking_line(chunking, result))
         if transcribing and args.steps == 0:
             for u in result.utterances:
-                print(f"{names[u.index]}\t{' '.join(u.hypothesis.split())}")
+                print(f"{names[u.index]}\t{' '.join(u.hypothesis.split())}", file=transcripts or sys.stdout)
         if "decoder_rtf" in summary:
             print(f"Beam search ({args.decoder_backend}): {summary['decode_time_s']:.2f} s for {decoded_audio_s:.1f} s "
                   f"of audio, {1000.0 * summary['decoder_rtf']:.1f} ms per second of audio"
@@ -491,8 +499,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from common.data.errors import DataError, error_message
 
+    transcripts = sys.stdout
+    # transcribing: stdout carries the transcripts alone (for a pipe or a file), the rest of the output goes to stderr
+    quiet = contextlib.redirect_stdout(sys.stderr) if (args.transcribe_wav or args.transcribe_filelist) \
+        else contextlib.nullcontext()
     try:
-        return run(args)
+        with quiet:
+            return run(args, transcripts)
     except (InferenceError, DataError, OSError) as exc:  # DataError / OSError: a file read or written during the run
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2

@@ -99,12 +99,15 @@ def add_compat_flags(group, flags: Sequence[CompatFlag]) -> None:
         group.add_argument(spec.name, **kwargs)
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Training setup, I/O, checkpointing, precision, dataset, optimisation and LR-schedule flags."""
+def add_common_args(parser: argparse.ArgumentParser, inference: bool = False) -> None:
+    """Training setup, I/O, checkpointing, precision, dataset, optimisation and LR-schedule flags.
+
+    ``inference``: the I/O flags as ``inference.py`` reads them (its log file name; ``--output_dir`` optional, as
+    transcribing needs none: ``inference.py`` checks it in the other modes)."""
     g = parser.add_argument_group("training setup")
     g.add_argument("--epochs_this_job", type=int, default=0, help="stop after this many epochs in this job (0: no limit)")
     g.add_argument("--updates_this_job", type=int, default=0,
-                   help="stop after this many updates in this job, saving a resumable checkpoint (0: no limit)")
+                   help="(ours) stop after this many updates in this job, saving a resumable checkpoint (0: no limit)")
     g.add_argument("--cudnn_benchmark", action="store_true", help="enable the cuDNN autotuner")
     g.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)),
                    help="device index of this process (torchrun sets LOCAL_RANK)")
@@ -112,11 +115,17 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ema", type=non_negative_float, default=0.0, help="EMA decay of the weights (0: off)")
     g.add_argument("--seed", type=int, default=1, help="base seed of every random stream")
     g.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is available")
-    g.add_argument("--device", default=None, help="explicit torch device (default: cuda:<local_rank> if available, else cpu)")
+    g.add_argument("--device", default=None, help="(ours) explicit torch device (default: cuda:<local_rank> if available, else cpu)")
 
     g = parser.add_argument_group("I/O and logging")
-    g.add_argument("--output_dir", required=True, help="logs, TensorBoard events and checkpoints")
-    g.add_argument("--log_file", default=None, help="dllogger JSON log (default <output_dir>/nvlog.json)")
+    if inference:
+        g.add_argument("--output_dir", default=None,
+                       help="where the dllogger JSON log goes (required, except with --transcribe_wav / "
+                            "--transcribe_filelist: without it they write no log file)")
+        g.add_argument("--log_file", default=None, help="dllogger JSON log (default <output_dir>/nvlog_infer.json)")
+    else:
+        g.add_argument("--output_dir", required=True, help="logs, TensorBoard events and checkpoints")
+        g.add_argument("--log_file", default=None, help="dllogger JSON log (default <output_dir>/nvlog.json)")
     g.add_argument("--log_frequency", type=positive_int, default=1, help="updates between train-scope log lines")
     g.add_argument("--benchmark_epochs_num", type=int, default=3, help="number of last epochs averaged into train_benchmark")
 
@@ -126,11 +135,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt", default=None, help="checkpoint to start from when not resuming")
     g.add_argument("--save_frequency", type=int, default=10, help="save every N epochs (and on a new best)")
     g.add_argument("--save_interval_updates", type=int, default=0,
-                   help="also save a resumable checkpoint every N updates (0: epoch ends only)")
+                   help="(ours) also save a resumable checkpoint every N updates (0: epoch ends only)")
     g.add_argument("--keep_milestones", type=int, nargs="*", default=[100, 200, 300, 400],
                    help="update numbers whose nearest checkpoints are kept")
     g.add_argument("--allow_data_plan_change", action="store_true",
-                   help="resume although the world size, seed, manifest or batch settings changed: the saved epoch "
+                   help="(ours) resume although the world size, seed, manifest or batch settings changed: the saved epoch "
                         "goes on from the same fraction of its new batches (default: refuse, as the position would "
                         "not be exact)")
 
@@ -138,7 +147,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", action="store_true", help="accepted for compatibility; --fp16/--bf16 select the precision")
     g.add_argument("--fp16", action="store_true", help="float16 mixed precision with dynamic loss scaling")
     g.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (autocast; also on CPU)")
-    g.add_argument("--tf32", type=str2bool, default=True, help="allow TF32 matmul/cuDNN on Ampere+ GPUs (reference: on)")
+    g.add_argument("--tf32", type=str2bool, default=True, help="(ours) allow TF32 matmul/cuDNN on Ampere+ GPUs (the reference: on through its container's defaults)")
     g.add_argument("--min_loss_scale", type=float, default=1e-4, help="dynamic loss-scale floor; reaching it stops training")
     g.add_argument("--fp16_init_scale", type=int, default=128, help="initial dynamic loss scale")
     g.add_argument("--fp32_transformer_layernorm", action="store_true", help="transformer-layer LayerNorms in float32")
@@ -186,7 +195,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr_poly_power", type=float, default=1.0, help="poly exponent")
     g.add_argument("--lr_exp_decay", type=float, default=None, help="per-update decay factor of exp (None: derived)")
 
-    g = parser.add_argument_group("health checks")
+    g = parser.add_argument_group("health checks (ours)")
     g.add_argument("--on_nonfinite_loss", default="skip", choices=["skip", "stop"],
                    help="what to do with an update whose loss is NaN/inf")
     g.add_argument("--on_collapse", default="warn", choices=["warn", "stop"],

@@ -276,32 +276,31 @@ def unique_log_path(path: str) -> str:
     return f"{path}.{max(numbers, default=0) + 1}"
 
 
-def build_logger(output_dir: str, log_file: Optional[str] = None, rank: int = 0, stdout: bool = True,
+def build_logger(output_dir: Optional[str], log_file: Optional[str] = None, rank: int = 0, stdout: bool = True,
                  default_name: str = "nvlog.json", unique_copy: bool = True,
                  metadata: Optional[Mapping[str, Mapping[str, Any]]] = None,
                  use_dllogger: Optional[bool] = None, stream: Optional[TextIO] = None) -> MetricLogger:
     """The reference's logger set-up (§5.9): JSON appended to ``log_file`` (default ``<output_dir>/nvlog.json``;
     inference: ``nvlog_infer.json``), a fresh JSON copy ``<path>.<n>``, stdout; nothing on ranks other than 0.
+    ``output_dir`` and ``log_file`` both None: stdout only.
 
     ``use_dllogger``: None = use NVIDIA dllogger's backends when genuine; False = always ours.
     """
     if rank != 0:
         return MetricLogger([])
-    os.makedirs(output_dir, exist_ok=True)
-    path = log_file or os.path.join(output_dir, default_name)
     dll = genuine_dllogger() if use_dllogger in (None, True) else None
     if use_dllogger and dll is None:
         raise RuntimeError("use_dllogger=True but NVIDIA dllogger is not installed")
-    copy_path = unique_log_path(path) if unique_copy else None
     backends: List[Any] = []
-    if dll is not None:
-        backends.append(dll.JSONStreamBackend(Verbosity.VERBOSE, path, append=True))
+    if output_dir is not None or log_file is not None:
+        if output_dir is not None:
+            os.makedirs(output_dir, exist_ok=True)
+        path = log_file or os.path.join(output_dir, default_name)
+        copy_path = unique_log_path(path) if unique_copy else None
+        json_backend = dll.JSONStreamBackend if dll is not None else JSONStreamWriter
+        backends.append(json_backend(Verbosity.VERBOSE, path, append=True))
         if copy_path:
-            backends.append(dll.JSONStreamBackend(Verbosity.VERBOSE, copy_path))
-    else:
-        backends.append(JSONStreamWriter(Verbosity.VERBOSE, path, append=True))
-        if copy_path:
-            backends.append(JSONStreamWriter(Verbosity.VERBOSE, copy_path))
+            backends.append(json_backend(Verbosity.VERBOSE, copy_path))
     if stdout:
         backends.append(StdoutWriter(Verbosity.VERBOSE, stream=stream))
     logger = MetricLogger(backends)

@@ -257,17 +257,24 @@ def test_transcribe_wav_and_filelist(setup, tmp_path, capsys):
     with open(os.path.join(setup["data"], "valid.tsv")) as fh:
         root, first = fh.readline().strip(), fh.readline().split("\t")[0]
     wav = os.path.join(root, first)
-    common = ["--w2v_path", setup["ckpt"], "--output_dir", str(tmp_path / "out"), "--num_workers", "0", "--cpu"]
+    common = ["--w2v_path", setup["ckpt"], "--num_workers", "0", "--cpu"]  # no --output_dir: no log file
     capsys.readouterr()
     assert inference.main([*common, "--transcribe_wav", wav]) == 0
-    out = capsys.readouterr().out
-    assert f"{os.path.basename(wav)}\t{expected[first]}" in out.splitlines()
+    captured = capsys.readouterr()
+    # stdout holds the transcript alone (a pipe or a file gets just that); the progress and summary go to stderr
+    assert captured.out.splitlines() == [f"{os.path.basename(wav)}\t{expected[first]}"]
+    assert "Evaluating" in captured.err
     filelist = tmp_path / "elsewhere.tsv"
     with open(os.path.join(setup["data"], "valid.tsv")) as src:
         filelist.write_text(src.read())
+    out_dir = tmp_path / "out"
+    assert inference.main([*common, "--transcribe_filelist", str(filelist), "--output_dir", str(out_dir)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{name}\t{hyp}" for name, hyp in expected.items()]
+    assert (out_dir / "nvlog_infer.json").is_file()
     assert inference.main([*common, "--transcribe_filelist", str(filelist), "--batch_size", "3"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if "\t" in line]
-    assert lines == [f"{name}\t{hyp}" for name, hyp in expected.items()]
+    assert capsys.readouterr().out.splitlines() == [f"{name}\t{hyp}" for name, hyp in expected.items()]
+    assert inference.main([*common]) == 2  # evaluating a corpus needs --output_dir
+    assert "give --output_dir" in capsys.readouterr().err
 
     assert inference.main([*common, "--transcribe_wav", wav, "--transcribe_filelist", str(filelist)]) == 2
     assert "not both" in capsys.readouterr().err

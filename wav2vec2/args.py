@@ -103,7 +103,7 @@ def add_finetuning_args(parser: argparse.ArgumentParser) -> None:
 def add_pretraining_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="take every architecture default from a preset (ours; base = pretrain_base.sh)")
+                   help="(ours) take every architecture default from a preset (base = pretrain_base.sh)")
     g.add_argument("--extractor_mode", default=_D.extractor_mode, choices=["default", "layer_norm"])
     g.add_argument("--encoder_layers", type=int, default=_D.encoder_layers)
     g.add_argument("--encoder_embed_dim", type=int, default=_D.encoder_embed_dim)
