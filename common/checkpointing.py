@@ -20,15 +20,23 @@ __all__ = ["atomic_torch_save", "Checkpointer", "UnreadableCheckpointsError"]
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """Write to ``path.tmp<pid>`` in the same directory, fsync, then rename over ``path`` (two processes writing
-    the same checkpoint never share a temporary file)."""
+    the same checkpoint never share a temporary file). A failed write (full disk, a kill signal's exception) leaves
+    ``path`` as it was and removes the partial temporary file."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 class Checkpointer:

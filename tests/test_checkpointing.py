@@ -17,6 +17,32 @@ def _steps(directory) -> list[int]:
                   if f.startswith("wav2vec2_update") and f.endswith(".pt"))
 
 
+def test_a_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    """A write that fails half-way (here: torch.save writes part of the file, then the disk is full) leaves the
+    checkpoint already at that path intact and no partial file behind."""
+    import common.checkpointing as checkpointing
+
+    ck = Checkpointer(str(tmp_path), log=lambda *_: None)
+    path = ck.save({"step": 7, "weights": torch.arange(1000.0)}, 7, best=True)
+    before = sorted(os.listdir(tmp_path))
+    real_save = torch.save
+
+    def full_disk(obj, f):
+        real_save({"step": 8}, f)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpointing.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        checkpointing.atomic_torch_save({"step": 8}, path)
+    with pytest.raises(OSError, match="No space left"):
+        ck.save({"step": 9}, 9, best=True)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == before == ["wav2vec2_best.pt", "wav2vec2_update7.pt"]
+    for name in before:
+        state = read_checkpoint(str(tmp_path / name))
+        assert state["step"] == 7 and torch.equal(state["weights"], torch.arange(1000.0))
+
+
 def test_retention_follows_the_reference_rule(tmp_path):
     """Worked by hand from REFERENCE.md 2.3 (milestones 100 and 200; before registering a save, the tracked file
     closest to each milestone is kept, ties to the smaller update; then all but those and the newest two go):

@@ -166,7 +166,8 @@ def test_hourglass_factor_one_is_residual_composition_of_plain_layers():
     assert (got - h).abs().max() < 1e-5
 
 
-def test_no_hourglass_equals_plain_stack_with_same_weights():
+def test_empty_hourglass_spec_is_the_plain_stack():
+    """The scripts pass ``--hourglass_transformer ""`` to turn the Hourglass off: the same model as None."""
     torch.manual_seed(0)
     a = Wav2Vec2Model(preset("tiny", **NO_DROP)).eval()
     b = Wav2Vec2Model(preset("tiny", hourglass_transformer="", **NO_DROP)).eval()

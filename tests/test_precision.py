@@ -81,7 +81,6 @@ def test_injected_inf_gradient_skips_step_and_halves_scale(caplog):
     assert scaler.loss_scale == 64.0 and out.loss_scale == 64.0
     assert "update 7" in out.reason and "64" in out.reason
     assert "update 7" in caplog.text
-    assert p.detach().tolist() == [1.0, 1.0, 1.0]      # the trainer does not call opt.step(): weights untouched
     # NaN is an overflow too
     assert scaler.update(float("nan"), update=8).skipped and scaler.loss_scale == 32.0
 
@@ -138,7 +137,8 @@ def test_noop_scaler_skips_non_finite():
 
 def test_update_loop_contract_bf16_cpu_with_overflow():
     """The trainer's per-update sequence on CPU/bf16: scale -> backward -> normalise -> clip -> scaler -> step.
-    An overflowed update is skipped, yet the lr schedule advances (Q4)."""
+    An overflowed update is skipped, yet the lr schedule advances (Q4). (That a skipped update leaves the weights
+    alone is the trainer's to show: tests/test_trainer.py::test_overflow_is_skipped_and_scale_backs_off.)"""
     torch.manual_seed(0)
     pol = PrecisionPolicy("bf16", "cpu")
     model = torch.nn.Linear(4, 2)
@@ -148,7 +148,6 @@ def test_update_loop_contract_bf16_cpu_with_overflow():
     sched.begin()
     lrs, skipped = [], []
     for update in range(1, 5):
-        before = [q.detach().clone() for q in model.parameters()]
         sample_size = 0
         for _ in range(2):                               # update_freq = 2 micro-batches
             x = torch.randn(3, 4)
@@ -167,8 +166,6 @@ def test_update_loop_contract_bf16_cpu_with_overflow():
         skipped.append(res.skipped)
         opt.zero_grad(set_to_none=True)
         sched.step(update)
-        changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-        assert changed == (not res.skipped)
     assert skipped == [False, False, True, False]
     assert scaler.loss_scale == 64.0
     assert lrs == pytest.approx([5e-4, 5e-4, 1e-3, 1e-3 * (1 - 1 / 8)])   # policy(1), policy(1), policy(2), policy(3)
