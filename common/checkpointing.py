@@ -46,6 +46,7 @@ class Checkpointer:
         self.name = name
         self.keep_milestones = list(keep_milestones)
         self.log = log
+        self._told_nested = False
         self.tracked = self._scan()
 
     def path_for(self, step: int) -> str:
@@ -56,12 +57,21 @@ class Checkpointer:
         return os.path.join(self.output_dir, f"{self.name}_best.pt")
 
     def _scan(self) -> list[tuple[int, str]]:
+        """``<name>_update<N>.pt`` files directly in ``output_dir``, by update number. The reference searches
+        subdirectories too, so another run's checkpoints kept below ``output_dir`` were resumed from and deleted by
+        the retention rule; here they are left alone, with a note (docs/DEVIATIONS.md)."""
         pattern = re.compile(rf"{re.escape(self.name)}_update(\d+)\.pt$")
         found = []
-        for path in glob.glob(os.path.join(self.output_dir, "**", f"{self.name}_update*.pt"), recursive=True):
+        for path in glob.glob(os.path.join(self.output_dir, f"{self.name}_update*.pt")):
             m = pattern.search(os.path.basename(path))
             if m:
                 found.append((int(m.group(1)), path))
+        nested = [p for p in glob.glob(os.path.join(self.output_dir, "*", "**", f"{self.name}_update*.pt"),
+                                       recursive=True) if pattern.search(os.path.basename(p))]
+        if nested and not self._told_nested:
+            self._told_nested = True
+            self.log(f"Note: {len(nested)} checkpoint(s) in subdirectories of {self.output_dir} (e.g. {nested[0]}) "
+                     "belong to other runs: not resumed from, never deleted")
         return sorted(found)
 
     def save(self, state: dict, step: int, best: bool = False) -> str:

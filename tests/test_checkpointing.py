@@ -43,6 +43,23 @@ def test_a_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
         assert state["step"] == 7 and torch.equal(state["weights"], torch.arange(1000.0))
 
 
+def test_checkpoints_of_other_runs_below_output_dir_are_left_alone(tmp_path):
+    """A pretraining run kept in a subdirectory of a fine-tuning run's output_dir: the fine-tuning run neither resumes
+    from its checkpoints nor deletes them (the reference's recursive scan did both), and says so once."""
+    nested = tmp_path / "pretrain_base"
+    nested.mkdir()
+    for step in (100, 400000):
+        torch.save({"step": step}, str(nested / f"wav2vec2_update{step}.pt"))
+    notes = []
+    ck = Checkpointer(str(tmp_path), keep_milestones=(), log=notes.append)
+    assert ck.load_latest(read_checkpoint) is None  # nothing of this run's own yet: a fresh start
+    for step in (1, 2, 3, 4):
+        ck.save({"step": step}, step)
+    assert _steps(tmp_path) == [3, 4] and _steps(nested) == [100, 400000]
+    assert ck.load_latest(read_checkpoint)[1]["step"] == 4
+    assert sum("pretrain_base" in n for n in notes) == 1
+
+
 def test_retention_follows_the_reference_rule(tmp_path):
     """Worked by hand from REFERENCE.md 2.3 (milestones 100 and 200; before registering a save, the tracked file
     closest to each milestone is kept, ties to the smaller update; then all but those and the newest two go):
