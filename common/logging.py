@@ -256,7 +256,8 @@ def training_metadata(scopes: Iterable[str] = ("train", "train_avg", "val", "val
 
 
 def inference_metadata(stages: Iterable[str] = ("data", "dnn", "data+dnn")) -> Dict[str, Dict[str, str]]:
-    """Inference metadata (§6.5) registered under the keys actually logged (REFERENCE-QUIRKS §9.2, fixed: ``_0_99`` not ``.99``)."""
+    """Inference metadata (§6.5) registered under the keys actually logged (a reference bug, REFERENCE-QUIRKS §9.2,
+    fixed: ``_0_99`` not ``.99``)."""
     table: Dict[str, Dict[str, str]] = {"eval_wer": {"name": "WER", "format": ":>3.2f", "unit": "%"}}
     for stage in stages:
         label = stage.replace("dnn", "DNN")
