@@ -249,7 +249,8 @@ def test_filelist_without_transcripts_transcribes_only(setup, tmp_path):
 
 def test_transcribe_wav_and_filelist(setup, tmp_path, capsys):
     """A reference bug (REFERENCE-QUIRKS §9.2: the transcription modes crash) fixed: --transcribe_wav prints the
-    transcript of one file, --transcribe_filelist those of a filelist kept anywhere; both equal the hypotheses of the ordinary filelist run (oracle: its predictions file)."""
+    transcript of one file, --transcribe_filelist those of a filelist kept anywhere; both equal the hypotheses of
+    the ordinary filelist run (oracle: its predictions file)."""
     import soundfile as sf
 
     ref, _ = _run_inprocess(setup, "transcribe_ref", "--batch_size", "4")
