@@ -9,7 +9,7 @@ import torch
 
 from wav2vec2 import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Model, parse_conv_layers, parse_hourglass, preset
 from wav2vec2.criterion import ContrastiveCriterion, CtcCriterion, contrastive_accuracy
-from wav2vec2.masking import compute_mask, expected_masked_fraction
+from wav2vec2.masking import compute_mask
 from wav2vec2.negatives import contrastive_logits, contrastive_logits_from_indices, gather_negatives, sample_negative_indices
 from wav2vec2.quantizer import GumbelVectorQuantizer
 
@@ -189,32 +189,31 @@ def test_hourglass_shortened_length_worked_number():
     assert seen == [196] and y.shape[1] == 781
 
 
-def test_layerdrop_same_decisions_for_same_update():
-    cfg = preset("tiny", encoder_layerdrop=0.5)
-    a, b = Wav2Vec2Model(cfg).train(), Wav2Vec2Model(cfg).train()
-    b.load_state_dict(a.state_dict())
-    for m in (a, b):
-        m.set_num_updates(7)
-    x = torch.randn(2, 4000)
-    ga, gb = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    torch.manual_seed(0)
-    oa = a.extract_features(x, generator=ga)[0]
-    torch.manual_seed(0)
-    ob = b.extract_features(x, generator=gb)[0]
-    assert torch.equal(oa, ob)
-
-
 # --- masking -----------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [37, 120, 500])
-def test_masked_fraction_matches_reference_formula(size):
+def test_masked_fraction_at_recipe_sizes_matches_the_exact_law(size):
+    """Pretraining masking (p 0.65, spans of 10, min_masks 2) at realistic lengths. Oracle, derived here from
+    REFERENCE 1.4.1: n = floor(p T / L + U) spans (U uniform), at least min_masks, starts drawn without replacement
+    from the N = T - L positions [0, T - L); frame j is unmasked iff none of the k_j starts covering it is drawn, so
+    P(j masked | n) = 1 - C(N - k_j, n) / C(N, n). The empirical mean over 6,000 rows is within 5 standard errors."""
+    import math
+
+    p, span, min_masks, rows = 0.65, 10, 2, 6000
+    x = p * size / span
+    law = {math.floor(x): 1 - (x - math.floor(x)), math.floor(x) + 1: x - math.floor(x)}
+    starts = size - span
+    expected = 0.0
+    for n, weight in law.items():
+        n = max(min_masks, n)
+        covering = [min(j, starts - 1) - max(0, j - span + 1) + 1 for j in range(size)]
+        expected += weight * sum(1 - math.comb(starts - k, n) / math.comb(starts, n) for k in covering) / size
     g = torch.Generator().manual_seed(0)
-    n = 6000
-    m = compute_mask((n, size), 0.65, 10, lengths=torch.full((n,), size), min_masks=2,
+    m = compute_mask((rows, size), p, span, lengths=torch.full((rows,), size), min_masks=min_masks,
                      require_same_masks=False, generator=g)
-    expected = expected_masked_fraction(size, 0.65, 10, min_masks=2)
-    assert abs(m.float().mean().item() - expected) < 0.004
+    per_row = m.float().mean(1)
+    assert abs(per_row.mean().item() - expected) < 5 * per_row.std().item() / math.sqrt(rows)
 
 
 def test_span_count_probabilistic_rounding_worked_number():
@@ -253,21 +252,6 @@ def test_mask_dropout_removes_rounded_fraction():
     del g
 
 
-def test_no_overlap_spans_do_not_overlap():
-    g = torch.Generator().manual_seed(0)
-    m = compute_mask((8, 300), 0.3, 10, min_masks=2, no_overlap=True, min_space=2, require_same_masks=False, generator=g)
-    assert m.any()
-    for row in m:
-        runs, cur = [], 0
-        for v in row.tolist() + [False]:
-            if v:
-                cur += 1
-            elif cur:
-                runs.append(cur)
-                cur = 0
-        assert all(r % 10 == 0 for r in runs)  # adjacent spans would only merge with min_space 0
-
-
 def test_mask_is_reproducible_from_generator():
     a = compute_mask((4, 100), 0.65, 10, min_masks=2, generator=torch.Generator().manual_seed(3))
     b = compute_mask((4, 100), 0.65, 10, min_masks=2, generator=torch.Generator().manual_seed(3))
@@ -275,26 +259,6 @@ def test_mask_is_reproducible_from_generator():
 
 
 # --- negatives and logits ----------------------------------------------------------------------------------------------
-
-
-def test_negatives_stay_in_utterance_and_skip_positive():
-    g = torch.Generator().manual_seed(0)
-    b, m, n = 3, 7, 200
-    idx = sample_negative_indices(b, m, n, generator=g)
-    assert idx.shape == (b, m, n)
-    utt = torch.arange(b).view(b, 1, 1)
-    slot = torch.arange(m).view(1, m, 1)
-    assert torch.all(idx // m == utt)
-    assert not torch.any(idx % m == slot)
-    # uniform over the other m - 1 slots
-    counts = torch.bincount((idx % m)[:, 0].flatten(), minlength=m)
-    assert counts[0] == 0 and counts[1:].min() > 0.7 * b * n / (m - 1)
-
-
-def test_cross_sample_negatives_skip_global_positive():
-    idx = sample_negative_indices(2, 5, 0, cross_sample_negatives=500, generator=torch.Generator().manual_seed(0))
-    pos = torch.arange(10).view(2, 5, 1)
-    assert not torch.any(idx == pos) and idx.min() >= 0 and idx.max() <= 9
 
 
 def test_contrastive_logits_by_hand():

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["compute_mask", "expected_masked_fraction"]
+__all__ = ["compute_mask"]
 
 
 def _rand(shape, generator, device) -> torch.Tensor:
@@ -179,35 +179,3 @@ def _no_overlap_mask(shape, size, n, mask_length, selection, mask_other, min_spa
         idx_arr = idx_arr[idx_arr < sz]
         out[b, idx_arr] = True
     return torch.from_numpy(out).to(device)
-
-
-def expected_masked_fraction(size: int, mask_prob: float, mask_length: int, min_masks: int = 0) -> float:
-    """Exact expected fraction of masked frames of one unpadded utterance under the reference algorithm
-    (static spans, overlapping mode, no equalisation).
-
-    With n spans whose starts are n distinct values of [0, R) (R = size - mask_length), frame p is unmasked iff no
-    start lies in [p - mask_length + 1, p] ∩ [0, R), a set of w_p positions: P = C(R - w_p, n) / C(R, n).
-    n itself is floor(mask_prob * size / mask_length + U): n0 with probability 1 - frac, n0 + 1 with frac.
-    """
-    from math import comb, floor
-
-    x = mask_prob * size / mask_length
-    n0 = floor(x)
-    frac = x - n0
-    total = 0.0
-    for n, p_n in ((n0, 1.0 - frac), (n0 + 1, frac)):
-        if p_n <= 0:
-            continue
-        n = max(n, min_masks)
-        min_len = mask_length
-        if size - min_len <= n:
-            min_len = size - n - 1
-        r = size - min_len
-        if n == 0:
-            continue
-        unmasked = 0.0
-        for p in range(size):
-            w = max(0, min(p, r - 1) - max(0, p - mask_length + 1) + 1)
-            unmasked += comb(r - w, n) / comb(r, n) if r - w >= n else 0.0
-        total += p_n * (1.0 - unmasked / size)
-    return total
