@@ -146,6 +146,34 @@ def test_no_overlap_spans_are_separate_runs_with_min_space_gaps(min_space):
 # --- channel masking in the model --------------------------------------------------------------------------------------
 
 
+def _normal_round_law(mean: float, std: float, k: int) -> float:
+    """P(max(1, round(N(mean, std))) = k)."""
+    cdf = lambda x: 0.5 * (1.0 + math.erf((x - mean) / (std * math.sqrt(2.0))))  # noqa: E731
+    return cdf(k + 0.5) - (0.0 if k == 1 else cdf(k - 0.5))
+
+
+@pytest.mark.parametrize("no_overlap", [False, True])
+@pytest.mark.parametrize("selection, other, law", [
+    ("uniform", 2, lambda k: 1 / 19 if 2 <= k <= 20 else 0.0),            # integers uniform in [other, 2 L]
+    ("normal", 3, lambda k: _normal_round_law(10, 3, k)),                    # round(N(L, other)), at least 1
+    ("poisson", 0, lambda k: math.exp(k * math.log(10) - 10 - math.lgamma(k + 1))),  # Poisson(L)
+])
+def test_span_length_selection_follows_the_reference_law(selection, other, law, no_overlap):
+    """REFERENCE 1.4.1's span-length draws (``--mask_selection``). With p T / L = 1 every row gets exactly one span,
+    which fits inside the utterance, so its masked count is the span's length: the histogram over 20,000 rows
+    matches the law within 5 binomial standard deviations per length."""
+    rows, t, span = 20000, 200, 10
+    mask = compute_mask((rows, t), span / t, span, lengths=torch.full((rows,), t), selection=selection,
+                        mask_other=other, no_overlap=no_overlap, require_same_masks=False,
+                        generator=torch.Generator().manual_seed(5))
+    counts = torch.bincount(mask.sum(1), minlength=t + 1).tolist()
+    common = [k for k in range(1, t + 1) if law(k) * rows >= 10]  # the rest, the law's far tails, checked together
+    for k in common:
+        assert abs(counts[k] / rows - law(k)) <= _binomial_tol(law(k), rows), (k, counts[k], law(k))
+    tail = 1.0 - sum(law(k) for k in common)
+    assert abs((rows - sum(counts[k] for k in common)) / rows - tail) <= _binomial_tol(tail, rows) + 3 / rows
+
+
 def _encoder_inputs(model: Wav2Vec2Model, wave: torch.Tensor, seed: int) -> torch.Tensor:
     """The features the encoder receives (after masking) in a training-mode masked forward."""
     seen = []
