@@ -268,3 +268,16 @@ def test_ctc_rejects_target_lengths_that_disagree_with_target(target, lengths):
     correct = [sum(1 for t in row if t not in (1, 2)) for row in target]
     loss, _, log = crit(logits, torch.tensor([8, 8]), torch.tensor(target), torch.tensor(correct))
     assert math.isfinite(float(loss)) and log["ntokens"] == sum(correct)
+
+
+def test_a_single_loss_weight_applies_to_both_extra_terms():
+    """REFERENCE 3.1 step 6: one ``loss_weights`` value is replicated over the extra losses (diversity and feature
+    penalty, whose two-weight form the tests above check by hand); three values are refused."""
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(preset("tiny", **NO_DROP)).train()
+    out = model(torch.randn(2, 16000), generator=torch.Generator().manual_seed(0))
+    one = ContrastiveCriterion(loss_weights=(0.5,))(out)
+    two = ContrastiveCriterion(loss_weights=(0.5, 0.5))(out)
+    assert torch.equal(one[0], two[0]) and set(one[2]) == set(two[2]) and "loss_2" in one[2]
+    with pytest.raises(ValueError, match="1 or 2 values"):
+        ContrastiveCriterion(loss_weights=(0.1, 10.0, 1.0))
