@@ -182,3 +182,15 @@ def test_fp16_autocast_and_scaler_on_cuda():
     scaler.scale(y.float().sum()).backward()
     assert model.weight.grad.dtype == torch.float32
     assert not scaler.update(clip_grad_norm(model.parameters(), 0.0), update=1).skipped
+
+
+def test_tolerance_and_threshold_worked_by_hand():
+    """fairseq's optional scaler arguments (the recipes keep tolerance 0 and no threshold). Tolerance 0.5: the scale
+    is divided only when at least half of the updates since the last rescale overflowed; threshold 3: never below 3.
+    Updates 1-2 clean; update 3 overflows (1 of 3 since the start: kept at 8, still skipped); update 4 overflows (2 of
+    4: 8 -> 4); update 5 overflows (1 of 1 since that rescale: 4 -> 2, raised to the threshold 3)."""
+    scaler = DynamicLossScaler(init_scale=8.0, scale_window=1000, tolerance=0.5, threshold=3.0)
+    assert [scaler.update(1.0, k).skipped for k in (1, 2)] == [False, False]
+    results = [scaler.update(math.inf, k) for k in (3, 4, 5)]
+    assert all(r.skipped for r in results)
+    assert [r.loss_scale for r in results] == [8.0, 4.0, 3.0]
