@@ -281,3 +281,19 @@ def test_a_single_loss_weight_applies_to_both_extra_terms():
     assert torch.equal(one[0], two[0]) and set(one[2]) == set(two[2]) and "loss_2" in one[2]
     with pytest.raises(ValueError, match="1 or 2 values"):
         ContrastiveCriterion(loss_weights=(0.1, 10.0, 1.0))
+
+
+@pytest.mark.parametrize("combine", [False, True])
+def test_eval_lookup_by_hand(combine):
+    """Eval mode: group g of each frame is the code vector argmax_v of its logits, from group g's own block of
+    ``vars`` or, with ``combine_groups`` (fairseq: one codebook repeated over the groups), from the shared one."""
+    torch.manual_seed(1)
+    q = GumbelVectorQuantizer(16, 5, (2.0, 0.5, 0.999995), 2, combine, 6).eval()
+    assert tuple(q.vars.shape) == ((1, 5, 3) if combine else (1, 10, 3))
+    x = torch.randn(7, 16)
+    logits = (x @ q.weight_proj.weight.T + q.weight_proj.bias).view(7, 2, 5)
+    expected = torch.stack([
+        torch.cat([q.vars[0, (0 if combine else 5 * g) + int(logits[i, g].argmax())] for g in range(2)])
+        for i in range(7)])
+    with torch.no_grad():
+        assert torch.allclose(q(x).x, expected)
