@@ -326,9 +326,9 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
     if args.transcribe_wav and args.transcribe_filelist:
         raise InferenceError("give --transcribe_wav or --transcribe_filelist, not both")
     transcribing = bool(args.transcribe_wav or args.transcribe_filelist)
-    if not transcribing and args.output_dir is None:
-        raise InferenceError("give --output_dir (the JSON log nvlog_infer.json goes there); only --transcribe_wav / "
-                             "--transcribe_filelist run without one")
+    if not transcribing and args.output_dir is None and args.log_file is None:
+        raise InferenceError("give --output_dir (the JSON log nvlog_infer.json goes there) or --log_file; only "
+                             "--transcribe_wav / --transcribe_filelist run without one")
     if transcribing and args.batch_size is None and args.max_duration is None:
         args.batch_size = 1
     if args.torchscript and args.torch_compile:
@@ -506,6 +506,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with quiet:
             return run(args, transcripts)
+    except BrokenPipeError:  # the reader of the output went away (``| head``): not an error of this run
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail again
+        return 0
     except (InferenceError, DataError, OSError) as exc:  # DataError / OSError: a file read or written during the run
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2

@@ -8,7 +8,6 @@ never leaves a broken checkpoint behind.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from typing import Any, Callable, Iterable, Optional
@@ -46,7 +45,6 @@ class Checkpointer:
         self.name = name
         self.keep_milestones = list(keep_milestones)
         self.log = log
-        self._told_nested = False
         self.tracked = self._scan()
 
     def path_for(self, step: int) -> str:
@@ -57,22 +55,31 @@ class Checkpointer:
         return os.path.join(self.output_dir, f"{self.name}_best.pt")
 
     def _scan(self) -> list[tuple[int, str]]:
-        """``<name>_update<N>.pt`` files directly in ``output_dir``, by update number. The reference searches
+        """``<name>_update<N>.pt`` files directly in ``output_dir``, by update number (read with ``os.scandir``:
+        a directory name with glob characters such as ``exp[lr=1e-4]`` is taken literally). The reference searches
         subdirectories too, so another run's checkpoints kept below ``output_dir`` were resumed from and deleted by
-        the retention rule; here they are left alone, with a note (docs/DEVIATIONS.md)."""
-        pattern = re.compile(rf"{re.escape(self.name)}_update(\d+)\.pt$")
-        found = []
-        for path in glob.glob(os.path.join(self.output_dir, f"{self.name}_update*.pt")):
-            m = pattern.search(os.path.basename(path))
-            if m:
-                found.append((int(m.group(1)), path))
-        nested = [p for p in glob.glob(os.path.join(self.output_dir, "*", "**", f"{self.name}_update*.pt"),
-                                       recursive=True) if pattern.search(os.path.basename(p))]
-        if nested and not self._told_nested:
-            self._told_nested = True
+        the retention rule; here they are left alone (docs/DEVIATIONS.md)."""
+        return sorted(self._matches(self.output_dir))
+
+    def _matches(self, directory: str) -> list[tuple[int, str]]:
+        pattern = re.compile(rf"{re.escape(self.name)}_update(\d+)\.pt")
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:  # missing or unreadable: nothing to resume from
+            return []
+        return [(int(m.group(1)), e.path) for e in entries
+                if (m := pattern.fullmatch(e.name)) and e.is_file()]
+
+    def _note_nested(self) -> None:
+        """Name the checkpoints one level below ``output_dir`` (other runs' that a resume leaves alone)."""
+        try:
+            subdirs = [e.path for e in os.scandir(self.output_dir) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return
+        nested = sorted(p for d in subdirs for _, p in self._matches(d))
+        if nested:
             self.log(f"Note: {len(nested)} checkpoint(s) in subdirectories of {self.output_dir} (e.g. {nested[0]}) "
                      "belong to other runs: not resumed from, never deleted")
-        return sorted(found)
 
     def save(self, state: dict, step: int, best: bool = False) -> str:
         path = self.path_for(step)
@@ -108,6 +115,7 @@ class Checkpointer:
                 overwrite them).
         """
         found = self._scan()
+        self._note_nested()
         for step, path in reversed(found):
             try:
                 return path, reader(path)

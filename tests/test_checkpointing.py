@@ -53,11 +53,24 @@ def test_checkpoints_of_other_runs_below_output_dir_are_left_alone(tmp_path):
     notes = []
     ck = Checkpointer(str(tmp_path), keep_milestones=(), log=notes.append)
     assert ck.load_latest(read_checkpoint) is None  # nothing of this run's own yet: a fresh start
+    assert sum("pretrain_base" in n for n in notes) == 1  # the resume names what it left alone
     for step in (1, 2, 3, 4):
         ck.save({"step": step}, step)
     assert _steps(tmp_path) == [3, 4] and _steps(nested) == [100, 400000]
     assert ck.load_latest(read_checkpoint)[1]["step"] == 4
-    assert sum("pretrain_base" in n for n in notes) == 1
+
+
+def test_an_output_dir_name_with_glob_characters_resumes(tmp_path):
+    """``exp[lr=1e-4]`` is a directory name, not a pattern: its checkpoints are found, resumed and retained."""
+    out = tmp_path / "exp[lr=1e-4]"
+    ck = Checkpointer(str(out), keep_milestones=(), log=lambda *_: None)
+    for step in (1, 2, 3):
+        ck.save({"step": step}, step)
+    again = Checkpointer(str(out), keep_milestones=(), log=lambda *_: None)
+    assert [s for s, _ in again.tracked] == [2, 3]
+    assert again.load_latest(read_checkpoint)[1]["step"] == 3
+    again.save({"step": 4}, 4)
+    assert _steps(out) == [3, 4]
 
 
 def test_retention_follows_the_reference_rule(tmp_path):

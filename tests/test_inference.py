@@ -274,7 +274,7 @@ def test_transcribe_wav_and_filelist(setup, tmp_path, capsys):
     assert (out_dir / "nvlog_infer.json").is_file()
     assert inference.main([*common, "--transcribe_filelist", str(filelist), "--batch_size", "3"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{name}\t{hyp}" for name, hyp in expected.items()]
-    assert inference.main([*common]) == 2  # evaluating a corpus needs --output_dir
+    assert inference.main([*common]) == 2  # evaluating a corpus needs --output_dir (or --log_file)
     assert "give --output_dir" in capsys.readouterr().err
 
     assert inference.main([*common, "--transcribe_wav", wav, "--transcribe_filelist", str(filelist)]) == 2
@@ -353,3 +353,17 @@ def test_unwritable_output_dir(setup, tmp_path, capsys):
     assert inference.main(_args(setup, blocker / "out", "--batch_size", "2")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "a_file" in err and "Traceback" not in err
+
+
+def test_transcripts_piped_into_a_reader_that_stops_early(setup, tmp_path):
+    """``inference.py --transcribe_filelist ... | head``: the reader closing the pipe ends the run quietly (exit 0,
+    no error line), as for any Unix filter."""
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "inference.py")
+    cmd = (f"'{sys.executable}' '{script}' --w2v_path '{setup['ckpt']}' --num_workers 0 --cpu "
+           f"--transcribe_filelist '{os.path.join(setup['data'], 'valid.tsv')}' | head -c 0")
+    res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0 and "error" not in res.stderr.lower(), res.stderr[-2000:]

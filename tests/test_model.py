@@ -629,14 +629,15 @@ def test_finetuning_runs_an_unpadded_batch_without_lengths():
     assert torch.allclose(losses[0], padded, rtol=1e-5) and torch.equal(losses[0], losses[1])
 
 
-def test_finetuning_host_frame_lengths_equal_the_models():
+@pytest.mark.parametrize("masked_extractor", [True, False])
+def test_finetuning_host_frame_lengths_equal_the_models(masked_extractor):
     """The CTC loss of a padded batch is the same with the task's host-computed frame lengths as with the lengths
-    the model's masked feature extractor returns (the reference's padding path, lengths mapped through each conv)."""
+    the model returns (masked extractor: mapped through each conv block; plain: computed after the stack)."""
     from wav2vec2.tasks import FinetuneTask
 
     torch.manual_seed(0)
     model = Wav2Vec2ForCTC(preset("tiny", mask_prob=0.0, mask_channel_prob=0.0, **NO_DROP), 10)
-    model.w2v_model.feature_extractor.mask_padding = True
+    model.w2v_model.feature_extractor.mask_padding = masked_extractor
     lengths = torch.tensor([24000, 16001, 9999])
     batch = {"source": torch.randn(3, 24000), "lengths": lengths, "padded": True,
              "target": torch.tensor([[4, 5, 6], [7, 8, 1], [9, 1, 1]]), "target_lengths": torch.tensor([3, 2, 1])}
