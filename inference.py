@@ -311,6 +311,19 @@ def beam_decode(result, decoder, progress=None, sample_rate: int = 16000, keep_l
 # ----------------------------------------------------------------------------------------------- main
 
 
+def _prepare_output_folder(flag: str, path: Optional[str]) -> None:
+    """Create the folder of an output file given by ``flag`` and check that it can be written."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise InferenceError(f"cannot create the folder {folder} of {flag} {path}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise InferenceError(f"cannot write {flag} {path}: the folder {folder} is not writable")
+
+
 def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
     """One inference job. ``transcripts``: where --transcribe_wav / --transcribe_filelist print their
     ``<file>\t<transcript>`` lines (default stdout)."""
@@ -341,6 +354,9 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
         raise InferenceError("give --batch_size (utterances per batch) or --max_duration (seconds per batch)")
     if args.steps < 0 or args.warmup_steps < 0:
         raise InferenceError("--steps and --warmup_steps must be >= 0")
+    for flag, path in (("--save_predictions", args.save_predictions), ("--save_logits", args.save_logits),
+                       ("--log_file", args.log_file)):
+        _prepare_output_folder(flag, path)  # before the run: a finished evaluation must not fail at its last write
     try:
         check_chunk_flags(args.chunk_seconds, args.chunk_overlap_seconds)
     except ValueError as exc:
@@ -459,6 +475,9 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
         logger.log((), summary)
         logger.flush()
         names = dataset.manifest.files
+        if transcribing and args.steps == 0:  # first: a later failure cannot take them away
+            for u in result.utterances:
+                print(f"{names[u.index]}\t{' '.join(u.hypothesis.split())}", file=transcripts or sys.stdout)
         if args.save_predictions and args.steps == 0:
             write_predictions(args.save_predictions, result, names)
             print(f"Predictions written to {args.save_predictions}")
@@ -479,9 +498,6 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
                       "enough, or the dictionary / blank index does not match the model (PITFALLS #11)")
         if chunking is not None:
             print(_chunking_line(chunking, result))
-        if transcribing and args.steps == 0:
-            for u in result.utterances:
-                print(f"{names[u.index]}\t{' '.join(u.hypothesis.split())}", file=transcripts or sys.stdout)
         if "decoder_rtf" in summary:
             print(f"Beam search ({args.decoder_backend}): {summary['decode_time_s']:.2f} s for {decoded_audio_s:.1f} s "
                   f"of audio, {1000.0 * summary['decoder_rtf']:.1f} ms per second of audio"

@@ -297,6 +297,7 @@ def build_logger(output_dir: Optional[str], log_file: Optional[str] = None, rank
         if output_dir is not None:
             os.makedirs(output_dir, exist_ok=True)
         path = log_file or os.path.join(output_dir, default_name)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # --log_file in a folder still to make
         copy_path = unique_log_path(path) if unique_copy else None
         json_backend = dll.JSONStreamBackend if dll is not None else JSONStreamWriter
         backends.append(json_backend(Verbosity.VERBOSE, path, append=True))

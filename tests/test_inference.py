@@ -367,3 +367,20 @@ def test_transcripts_piped_into_a_reader_that_stops_early(setup, tmp_path):
     res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0 and "error" not in res.stderr.lower(), res.stderr[-2000:]
+
+
+def test_output_files_in_folders_still_to_make(setup, tmp_path, capsys):
+    """--save_predictions / --save_logits / --log_file in folders that do not exist yet: the folders are made (a
+    finished evaluation used to fail at its last write); a folder that cannot be made fails before the model runs."""
+    new = tmp_path / "new" / "deeper"
+    rc = inference.main(_args(setup, tmp_path / "out", "--batch_size", "4", "--save_predictions", str(new / "p.tsv"),
+                              "--save_logits", str(new / "l.pt"), "--log_file", str(tmp_path / "logs" / "x.json")))
+    assert rc == 0
+    assert len(_read_tsv(new / "p.tsv")) == 10 and (new / "l.pt").is_file() and (tmp_path / "logs" / "x.json").is_file()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    capsys.readouterr()
+    rc = inference.main(_args(setup, tmp_path / "out2", "--batch_size", "4",
+                              "--save_predictions", str(blocker / "p.tsv")))
+    err = capsys.readouterr()
+    assert rc == 2 and "--save_predictions" in err.err and "Evaluating" not in err.out
