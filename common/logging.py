@@ -232,7 +232,8 @@ _SCOPE_PREFIXES = {"train": "", "train_avg": "avg train ", "val": "  avg val ", 
 
 
 def training_metadata(scopes: Iterable[str] = ("train", "train_avg", "val", "val_ema")) -> Dict[str, Dict[str, str]]:
-    """Metric metadata of the reference (§5.9) for each scope id, plus ``temp`` and ``grad_norm`` (ours)."""
+    """Metric metadata of the reference (§5.9) for each scope id, plus ``temp``, ``grad_norm`` and ``update`` (the
+    global update number of the record; ours)."""
     table: Dict[str, Dict[str, str]] = {}
     for sid in scopes:
         pre = _SCOPE_PREFIXES.get(sid, f"{sid} ")
@@ -251,6 +252,7 @@ def training_metadata(scopes: Iterable[str] = ("train", "train_avg", "val", "val
             f"{sid}_lr": {"name": "lr", "format": ":>3.2e"},
             f"{sid}_loss_scale": {"name": "loss scale", "format": ":>3.2e"},
             f"{sid}_grad_norm": {"name": "gnorm", "format": ":>6.3f"},
+            f"{sid}_update": {"name": "update", "format": ":d"},
         })
     return table
 

@@ -45,7 +45,9 @@ def _split_key(key: str) -> Optional[Tuple[str, str]]:
 
 def collect_series(records: Sequence[Mapping[str, Any]]) -> Tuple[Dict[str, List[Tuple[float, float]]], str]:
     """``({"train_loss": [(x, y), ...], ...}, x_label)`` from parsed dllogger records (LOG records with a step list
-    of length 1 or 3; PARAMETER and end-of-job ``[]`` records are skipped). Points are sorted by x; where a log
+    of length 1 or 3; PARAMETER and end-of-job ``[]`` records are skipped). x is the record's ``<scope>_update``
+    (the global update, in our logs), else reconstructed from the (epoch, iteration) step (the reference's logs,
+    exact only while every epoch runs whole). Points are sorted by x; where a log
     holds an x twice (the job-appended log of a run resumed from an earlier checkpoint repeats those updates), the
     later record wins."""
     logs = [r for r in records if r.get("type") == "LOG" and isinstance(r.get("step"), list) and r["step"]]
@@ -54,17 +56,23 @@ def collect_series(records: Sequence[Mapping[str, Any]]) -> Tuple[Dict[str, List
         if len(r["step"]) >= 3:
             spe = r["step"][2]
     points: Dict[str, Dict[float, float]] = {}
+    by_update = False
     for r in logs:
-        step = r["step"]
-        if len(step) >= 2:
+        step, data = r["step"], r.get("data", {})
+        update = next((v for k, v in data.items() if k.endswith("_update") and isinstance(v, (int, float))), None)
+        if update is not None:  # our logs carry the global update number
+            x, by_update = update, True
+        elif len(step) >= 2:  # the reference's: reconstructed from (epoch, iteration, iterations per epoch)
             x = (step[0] - 1) * (step[2] if len(step) > 2 else (spe or 0)) + step[1]
         else:
             x = step[0] * spe if spe else step[0]
-        for key, value in r.get("data", {}).items():
+        for key, value in data.items():
+            if key.endswith("_update"):
+                continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 points.setdefault(key, {})[float(x)] = float(value)  # a resumed run's repeat replaces the first
     series = {key: sorted(xy.items()) for key, xy in points.items()}
-    return series, ("update" if spe else "epoch")
+    return series, ("update" if spe or by_update else "epoch")
 
 
 def plot_log(log_path: str, out_dir: str) -> List[str]:

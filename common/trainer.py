@@ -386,7 +386,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------------
     # epochs
     def _log(self, scope: str, step: Any, results: Mapping[str, float], metrics: MetricsAggregator) -> None:
-        data = metrics.dllogger_data(scope, results)
+        data = dict(metrics.dllogger_data(scope, results))
+        # ours: the global update, which the (epoch, iteration) step does not give once an epoch was cut short by
+        # --max_update or a run was extended (plots use it as their x axis)
+        data[f"{scope}_update"] = self.state.step
         self.logger.log(step, data)
         if self.tensorboard is not None:
             self.tensorboard.log_scalars(scope, self.state.step, results)

@@ -657,3 +657,17 @@ def test_skipped_updates_log_no_gradient_norm_and_resumed_epoch_ends_log_no_aver
     assert not any(step == (1,) and any(k.startswith("train_avg_") for k in d) for step, d in logger2.records)
     assert any(step == (1,) and "val_loss" in d for step, d in logger2.records)  # epoch 1 validated again
     assert any(step == (2,) and "train_avg_loss" in d for step, d in logger2.records)
+
+
+def test_plots_place_every_record_at_its_global_update(tmp_path):
+    """An epoch cut short by --max_update (4 of its 6 batches): the (epoch, iteration) step would place the epoch's
+    average at update 6; the records carry the global update, so the curves put it at update 4."""
+    from common.plotting import collect_series
+
+    trainer, _, logger = _toy_trainer(tmp_path, _ToyTask(), max_update=4, log_frequency=1, validate=False)
+    trainer.fit()
+    records = [{"type": "LOG", "step": list(step), "data": data} for step, data in logger.records if step]
+    assert [r["data"]["train_update"] for r in records if len(r["step"]) == 3] == [1, 2, 3, 4]
+    series, xlabel = collect_series(records)
+    assert xlabel == "update" and [x for x, _ in series["train_loss"]] == [1.0, 2.0, 3.0, 4.0]
+    assert [x for x, _ in series["train_avg_loss"]] == [4.0] and "train_update" not in series
