@@ -264,7 +264,12 @@ def run(args: argparse.Namespace) -> int:
         except (CheckpointError, RuntimeError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        trainer.fit()
+        try:
+            trainer.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: the first one's save was given up
+            print("Interrupted: stopped without saving the current update (resume continues from the last "
+                  "checkpoint)", file=sys.stderr)
+            return 130
     finally:
         logger.close() if hasattr(logger, "close") else None
         tensorboard.close()

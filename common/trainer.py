@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
@@ -403,20 +404,40 @@ class Trainer:
             if issue.action == "stop":
                 raise RuntimeError(f"stopping: {issue.reason} (update {issue.update})")
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM, SIGUSR1 and a first Ctrl-C (SIGINT) stop the run at the end of the current update, after saving
+        it; a second Ctrl-C stops at once (KeyboardInterrupt), without saving. Returns the previous handlers."""
+        main_pid = os.getpid()
+
         def handler(signum, frame):  # noqa: ARG001
-            self.print(f"Signal {signum} received: saving at the end of this update and stopping")
+            if os.getpid() != main_pid:  # a forked DataLoader worker (Ctrl-C reaches the whole process group)
+                return
+            if signum == signal.SIGINT and self._stop:
+                raise KeyboardInterrupt
+            again = " (Ctrl-C again: stop at once, without saving)" if signum == signal.SIGINT else ""
+            self.print(f"Signal {signum} received: saving at the end of this update and stopping{again}")
             self._stop = True
 
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             try:
-                signal.signal(sig, handler)
+                previous[sig] = signal.signal(sig, handler)
             except (ValueError, OSError):  # not in the main thread
                 pass
+        return previous
 
     def fit(self) -> TrainState:
+        """Train until ``max_update`` (or a job limit, or a stop signal); the process's signal handlers are restored
+        afterwards."""
+        previous = self._install_signal_handlers()
+        try:
+            return self._fit()
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _fit(self) -> TrainState:
         cfg = self.cfg
-        self._install_signal_handlers()
         self.model.train()
         self.scheduler.begin(self.state.step + 1)
         start_epoch = self.state.epoch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -671,3 +672,33 @@ def test_plots_place_every_record_at_its_global_update(tmp_path):
     series, xlabel = collect_series(records)
     assert xlabel == "update" and [x for x, _ in series["train_loss"]] == [1.0, 2.0, 3.0, 4.0]
     assert [x for x, _ in series["train_avg_loss"]] == [4.0] and "train_update" not in series
+
+
+class _CtrlCTask(_ToyTask):
+    """Presses Ctrl-C (SIGINT to this process) during the given micro-batches."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.calls = set(at), 0
+
+    def train_step(self, model, batch, generator):
+        self.calls += 1
+        if self.calls in self.at:
+            signal.raise_signal(signal.SIGINT)
+        return super().train_step(model, batch, generator)
+
+
+def test_ctrl_c_saves_the_update_and_stops_a_second_one_aborts(tmp_path):
+    """A first Ctrl-C is a SIGTERM: the update finishes, is saved, the run stops (resumable). A second one stops at
+    once with KeyboardInterrupt and saves nothing more. Either way the caller's SIGINT handler is back afterwards."""
+    before = signal.getsignal(signal.SIGINT)
+    trainer, _, _ = _toy_trainer(tmp_path / "once", _CtrlCTask(at={3}), max_update=10, validate=False)
+    assert trainer.fit().step == 3
+    assert sorted(os.listdir(tmp_path / "once")) == ["wav2vec2_update3.pt"]
+    assert signal.getsignal(signal.SIGINT) is before
+    trainer, _, _ = _toy_trainer(tmp_path / "twice", _CtrlCTask(at={3, 4}), max_update=10, update_freq=2,
+                                 validate=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert not (tmp_path / "twice").exists() or os.listdir(tmp_path / "twice") == []
+    assert signal.getsignal(signal.SIGINT) is before
