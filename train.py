@@ -97,6 +97,9 @@ def build_model(args, print_fn, resumed: dict | None = None):
         dictionary = Dictionary.from_text(labels_text, source="checkpoint output_labels")
     else:
         dict_path = os.path.join(args.data, f"dict.{args.labels}.txt")
+        if not os.path.isfile(dict_path):
+            raise DataError(f"dictionary not found: {dict_path} (--data {args.data} --labels {args.labels}; "
+                            "fine-tuning reads the letter dictionary dict.<labels>.txt beside the filelists)")
         dictionary = Dictionary.load(dict_path)
     if args.w2v_path:
         print_fn(f"Loading model from {args.w2v_path}")

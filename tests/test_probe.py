@@ -62,7 +62,9 @@ def test_layer_rank_cli_prints_ranks_and_warns_below_threshold(tiny_corpus, caps
     assert "WARNING: random:tiny: the last transformer layer's effective rank" in capsys.readouterr().out
 
 
-def test_layer_rank_cli_names_the_manifest_line_of_a_missing_audio_file(tiny_corpus, tmp_path):
+def test_layer_rank_cli_names_the_manifest_line_of_a_missing_audio_file(tiny_corpus, tmp_path, capsys):
+    """Bad input gives one error line and exit status 2: a missing audio file (with its filelist line), a missing
+    checkpoint, a missing filelist."""
     import shutil
 
     from utils.layer_rank import main
@@ -72,9 +74,14 @@ def test_layer_rank_cli_names_the_manifest_line_of_a_missing_audio_file(tiny_cor
     lines = (data / "valid.tsv").read_text().splitlines()
     lines[1] = "missing.wav\t" + lines[1].split("\t")[1]  # the first entry now names a file that does not exist
     (data / "valid.tsv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(Exception) as err:
-        main(["random:tiny", "--data", str(data), "--subset", "valid", "--utterances", "1"])
-    assert "missing.wav" in str(err.value) and "valid.tsv:2" in str(err.value)
+    capsys.readouterr()
+    assert main(["random:tiny", "--data", str(data), "--subset", "valid", "--utterances", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.wav" in err and "valid.tsv:2" in err and err.count("\n") == 1
+    assert main([str(tmp_path / "nope.pt"), "--data", tiny_corpus, "--subset", "valid"]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+    assert main(["random:tiny", "--data", str(tmp_path / "nodata"), "--subset", "valid"]) == 2
+    assert "nodata" in capsys.readouterr().err
 
 
 def test_layer_rank_cli_rejects_a_non_positive_utterance_count(tiny_corpus):

@@ -123,6 +123,11 @@ def test_missing_w2v_path_and_bad_data_give_clear_errors(tiny_corpus, tmp_path):
                           "--output_dir", str(tmp_path / "o2"), "--cpu"], capture_output=True, text=True, cwd=ROOT,
                          env=env)
     assert res.returncode == 2 and "nodata" in res.stderr
+    res = subprocess.run([sys.executable, "train.py", "finetune", "--w2v_path", str(tmp_path / "nope.pt"),
+                          "--data", tiny_corpus, "--labels", "wrd", "--output_dir", str(tmp_path / "o3"), "--cpu"],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert res.returncode == 2 and "dictionary not found" in res.stderr and "--labels wrd" in res.stderr
+    assert res.stderr.count("\n") == 1, res.stderr
 
 
 # ---- the loop itself, on a toy model (no audio) -------------------------------------------------------------------

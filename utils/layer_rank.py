@@ -43,7 +43,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.utterances < 1:
         p.error(f"--utterances must be at least 1, got {args.utterances}")
+    from common.data.errors import DataError, error_message
+    from wav2vec2.checkpoint import CheckpointError
 
+    try:
+        return _report(args)
+    except (CheckpointError, DataError, OSError) as exc:  # a missing/bad checkpoint or corpus file: one line
+        print(f"error: {error_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def _report(args: argparse.Namespace) -> int:
     manifest = load_manifest(os.path.join(args.data, f"{args.subset}.tsv"))
     n = min(args.utterances, len(manifest))
     if n == 0:
