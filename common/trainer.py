@@ -205,6 +205,12 @@ class Trainer:
         return state
 
     def load_state_dict(self, ckpt: Mapping[str, Any], source: str = "checkpoint") -> None:
+        args = ckpt.get("args")
+        mode = args.get("mode") if isinstance(args, Mapping) else getattr(args, "mode", None)
+        if mode in ("pretrain", "finetune") and mode != self.task.mode:
+            raise RuntimeError(f"{source} is a {mode} checkpoint and this is a {self.task.mode} run: another run's "
+                               "output_dir? Give this run its own --output_dir (a pretrained model starts fine-tuning "
+                               "through --w2v_path)")
         missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         if missing or unexpected:
             raise RuntimeError(f"{source}: model weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -707,3 +707,16 @@ def test_ctrl_c_saves_the_update_and_stops_a_second_one_aborts(tmp_path):
         trainer.fit()
     assert not (tmp_path / "twice").exists() or os.listdir(tmp_path / "twice") == []
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_resuming_another_kind_of_run_names_the_mismatch(tmp_path):
+    """--resume in a fine-tuning run whose output_dir holds a pretraining run's checkpoints: one sentence that says
+    so, not a list of missing and unexpected weight names."""
+    trainer, _, _ = _toy_trainer(tmp_path, _ToyTask(), max_update=2, validate=False)
+    ckpt = dict(trainer.state_dict(), args={"mode": "pretrain"})
+    finetune_task = _ToyTask()
+    finetune_task.mode = "finetune"
+    other, _, _ = _toy_trainer(tmp_path / "ft", finetune_task, max_update=2, validate=False)
+    with pytest.raises(RuntimeError, match="is a pretrain checkpoint and this is a finetune run"):
+        other.load_state_dict(ckpt, source="wav2vec2_update2.pt")
+    trainer.load_state_dict(ckpt)  # the same kind loads
