@@ -311,6 +311,10 @@ def beam_decode(result, decoder, progress=None, sample_rate: int = 16000, keep_l
 # ----------------------------------------------------------------------------------------------- main
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('ch') else 's'}"
+
+
 def _prepare_output_folder(flag: str, path: Optional[str]) -> None:
     """Create the folder of an output file given by ``flag`` and check that it can be written."""
     if not path:
@@ -432,7 +436,7 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
         print(f"Inference with {env.world_size} processes ({device.type})")
     if env.is_main:
         print(f"Evaluating {args.w2v_path} ({loaded.source_format}, {vocab} outputs) on {tsv}: "
-              f"{len(dataset)} utterances, {len(batches)} batches, precision {policy.mode}, device {device}")
+              f"{_count(len(dataset), 'utterance')}, {_count(len(batches), 'batch')}, precision {policy.mode}, device {device}")
 
     model = prepare_model(model, device, torchscript=args.torchscript, torch_compile=args.torch_compile)
     if args.cuda_graphs:
@@ -460,7 +464,7 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
 
     if env.is_main:
         summary = result.summary()
-        if not any(k.endswith("_latency_0_5") for k in summary):
+        if not transcribing and not any(k.endswith("_latency_0_5") for k in summary):
             print("Not enough samples to measure latencies.")
         if greedy is not None:
             greedy_summary = greedy.summary(batch_latency=False)
@@ -472,7 +476,8 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
                 summary["decoder_rtf"] = decode_s / decoded_audio_s
         if chunking is not None:
             summary.update(result.chunking_counts())
-        logger.log((), summary)
+        if summary:  # (a transcription of a few files can have nothing to report)
+            logger.log((), summary)
         logger.flush()
         names = dataset.manifest.files
         if transcribing and args.steps == 0:  # first: a later failure cannot take them away

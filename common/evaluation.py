@@ -127,7 +127,10 @@ def build_eval_loader(dataset: Any, batches: Sequence[Sequence[int]], num_worker
     """A DataLoader over ``dataset`` (``common.data.AudioDataset``) yielding the given batches, in that order, as
     batch dicts (``id``, ``source``, ``lengths``, ``target``, ``target_lengths``)."""
     pad_index = dataset.dictionary.pad if getattr(dataset, "dictionary", None) is not None else 1
+    from common.data.loader import usable_workers
+
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    num_workers = usable_workers(num_workers, len(batches))
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=[list(b) for b in batches],

@@ -158,3 +158,15 @@ def test_padding_buckets(corpus):
     assert seen == 40
     with pytest.raises(ValueError, match="requires pad"):
         build_loader(ds, _cfg(num_batch_buckets=2))
+
+
+def test_worker_count_is_capped_at_usable_cpus_and_batches(monkeypatch):
+    """--num_workers 6 (the reference's default) on a 2-CPU machine starts 2 workers, and never more than there are
+    batches to load (one file to transcribe: one worker); 0 stays in-process."""
+    import os
+
+    from common.data.loader import usable_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert usable_workers(6) == 2 and usable_workers(6, 1) == 1 and usable_workers(1, 50) == 1
+    assert usable_workers(0, 50) == 0

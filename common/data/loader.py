@@ -15,6 +15,7 @@ epoch is complete.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional
 
@@ -38,6 +39,21 @@ from common.data.sampler import BatchPlan, ShardedBatchSampler, balance_for_rank
 
 logger = logging.getLogger(__name__)
 
+
+
+def usable_workers(requested: int, batches: Optional[int] = None) -> int:
+    """DataLoader worker processes worth starting: ``requested`` (``--num_workers``; the reference's default is 6 per
+    GPU) capped at the CPUs this process may use and at the number of batches to load. More workers than CPUs only
+    compete for them (torch warns about it), and more than batches would idle. Results do not depend on the count:
+    every batch draws its randomness from its own position in the epoch."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    count = min(int(requested), cpus)
+    if batches is not None:
+        count = min(count, int(batches))
+    return max(0, count)
 
 @dataclass
 class LoaderConfig:
@@ -137,7 +153,7 @@ class AudioLoader:
         self.epoch = sampler.epoch
         self.batch_in_epoch = 0
         self._resume_from = 0
-        workers = int(config.num_workers)
+        workers = usable_workers(config.num_workers, len(sampler))
         pin = torch.cuda.is_available() if config.pin_memory is None else bool(config.pin_memory)
         self._loader = DataLoader(
             BatchDataset(dataset, collater),
