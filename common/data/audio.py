@@ -129,8 +129,10 @@ def read_audio(
         DataError: unreadable/corrupt/truncated file (a WAV shorter than its header declares, too), wrong sample
             rate, more than one channel, length mismatch.
     """
-    ctx = (origin or AudioOrigin()).describe()
     fspath = os.fspath(path)
+    listed_in_itself = origin is not None and origin.manifest is not None and \
+        os.path.abspath(os.fspath(origin.manifest)) == os.path.abspath(fspath)  # a one-file "manifest"
+    ctx = "" if listed_in_itself else (origin or AudioOrigin()).describe()
     if not os.path.isfile(fspath):
         raise FileNotFoundError(f"audio file not found: {fspath}{ctx}")
     try:
@@ -138,7 +140,8 @@ def read_audio(
             if f.samplerate != sample_rate:
                 raise DataError(
                     f"audio file {fspath}{ctx} has sample rate {f.samplerate} Hz, expected {sample_rate} Hz "
-                    "(resample the corpus; no resampling is done at load time)"
+                    "(no resampling is done at load time: resample the audio first, e.g. a LibriSpeech-layout "
+                    "tree with python -m utils.convert_to_wav --input_dir ... --dest_dir ... --target_sr 16000)"
                 )
             if f.channels != 1:
                 raise DataError(
