@@ -346,6 +346,7 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
     if not transcribing and args.output_dir is None and args.log_file is None:
         raise InferenceError("give --output_dir (the JSON log nvlog_infer.json goes there) or --log_file; only "
                              "--transcribe_wav / --transcribe_filelist run without one")
+    no_wer_note = None  # set when a corpus evaluation finds no transcripts
     if transcribing and args.batch_size is None and args.max_duration is None:
         args.batch_size = 1
     if args.torchscript and args.torch_compile:
@@ -403,6 +404,7 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
                                      f"{args.valid_subset})")
             labels_file = os.path.join(args.data, f"{args.valid_subset}.{args.labels}")
             has_labels = os.path.isfile(labels_file)
+            no_wer_note = None if has_labels else f"No WER: {labels_file} not found (--labels {args.labels})"
             if not has_labels and env.is_main:
                 print(f"No transcripts ({labels_file} not found): transcribing only, no WER.")
             dataset = open_split(args.data, args.valid_subset, labels=args.labels if has_labels else None,
@@ -510,6 +512,8 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
         if "dnn_throughput_utts_per_s" in summary:
             print(f"Throughput (model): {summary['dnn_throughput_utts_per_s']:.2f} utterances/s, "
                   f"{summary['dnn_throughput_audio_s_per_s']:.2f} s of audio/s, RTF {summary['dnn_rtf']:.4f}")
+        if no_wer_note and args.steps == 0:  # repeated at the end: the first note has scrolled away by now
+            print(no_wer_note)
     logger.close()
     shutdown()
     return 0

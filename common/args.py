@@ -135,7 +135,8 @@ def add_common_args(parser: argparse.ArgumentParser, inference: bool = False) ->
     g.add_argument("--ckpt", default=None, help="checkpoint to start from when not resuming")
     g.add_argument("--save_frequency", type=int, default=10, help="save every N epochs (and on a new best)")
     g.add_argument("--save_interval_updates", type=int, default=0,
-                   help="(ours) also save a resumable checkpoint every N updates (0: epoch ends only)")
+                   help="(ours) also save a resumable checkpoint every N updates (0: epoch ends only); the retention rule keeps "
+                        "the newest two and those nearest --keep_milestones")
     g.add_argument("--keep_milestones", type=int, nargs="*", default=[100, 200, 300, 400],
                    help="update numbers whose nearest checkpoints are kept")
     g.add_argument("--allow_data_plan_change", action="store_true",

@@ -101,6 +101,7 @@ class Checkpointer:
             else:
                 try:
                     os.remove(p)
+                    self.log(f"Removed {p} (retention: the newest two and those nearest --keep_milestones stay)")
                 except OSError:
                     pass
         self.tracked = survivors

@@ -231,7 +231,7 @@ def test_use_ema(setup, capsys, tmp_path):
     assert ema == plain  # same weights stored as EMA
 
 
-def test_filelist_without_transcripts_transcribes_only(setup, tmp_path):
+def test_filelist_without_transcripts_transcribes_only(setup, tmp_path, capsys):
     data = tmp_path / "nolabels"
     data.mkdir()
     with open(os.path.join(setup["data"], "valid.tsv")) as src, open(data / "some.tsv", "w") as dst:
@@ -245,6 +245,8 @@ def test_filelist_without_transcripts_transcribes_only(setup, tmp_path):
     rows = _read_tsv(preds)
     assert len(rows) == 10 and all(r[1] == "" for r in rows[1:])
     assert "eval_wer" not in _wer(str(out))
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # said again at the end, where it is seen
+    assert last.startswith("No WER:") and "some.ltr not found" in last
 
 
 def test_transcribe_wav_and_filelist(setup, tmp_path, capsys):

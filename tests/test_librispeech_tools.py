@@ -363,6 +363,14 @@ def test_validate_good_data(vdata, capsys):
     assert "kept:       2 files" in report and "RESULT: OK" in report
 
 
+def test_validate_a_missing_label_file_is_reported_once_and_plainly(vdata, capsys):
+    d, _ = vdata
+    assert validate.main(["--data", str(d), "--subset", "dev-clean", "--labels", "phn"]) != 0
+    report = capsys.readouterr().out
+    assert "dev-clean.phn: not found" in report and "None lines" not in report and "(OK)" not in report
+    assert "RESULT: FAILED" in report
+
+
 def test_validate_counts_cropped_and_skipped(vdata):
     d, _ = vdata
     rep = validate.validate(str(d), "dev-clean", labels="ltr", min_sample_size=7000, max_sample_size=15000,

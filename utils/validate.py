@@ -273,12 +273,14 @@ def format_report(rep: Report) -> str:
            "unreadable: {} files ({})".format(rep.n_unreadable, ", ".join(
                f"{k.replace('_', '-')} {v}" for k, v in rep.unreadable.items())),
            f"size mismatch: {rep.size_mismatch} manifest sizes differ from the audio"]
-    if rep.labels_file:
+    if rep.labels_file and rep.label_lines is None:  # the label file is missing (reported under RESULT)
+        out.append(f"labels:     {rep.labels_file}: not found")
+    elif rep.labels_file:
         status = "MISMATCH" if rep.label_mismatch else "OK"
         out.append(f"labels:     {rep.labels_file}: {rep.label_lines} lines ({status}); "
                    f"{rep.empty_labels} empty; {rep.labels_too_long} longer than the encoder output")
-        out.append(f"dictionary: {rep.dict_file}: {rep.dict_symbols} symbols; "
-                   f"{len(rep.missing_symbols)} label symbol(s) missing")
+        found = f"{rep.dict_symbols} symbols" if rep.dict_symbols is not None else "not found"
+        out.append(f"dictionary: {rep.dict_file}: {found}; {len(rep.missing_symbols)} label symbol(s) missing")
         for sym, info in sorted(rep.missing_symbols.items(), key=lambda kv: (-kv[1]["count"], kv[0])):
             out.append(f"  missing symbol {sym!r}: {info['count']} occurrence(s), first at {info['first']}")
     titles = {"skipped_min": "shorter than min_sample_size", "skipped_max_tokens": "above max_tokens",
