@@ -702,27 +702,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             symbols = Dictionary.load(args.dict_path).symbols
         elif args.from_arpa:
             raise ValueError("--from_arpa writes a lexicon: give the letter dictionary with --dict")
-        os.makedirs(args.out_dir, exist_ok=True)
         first_seen: Dict[str, Tuple[str, int]] = {}
+        sentences: List[List[str]] = []
         if args.from_arpa:
             for w, lineno in read_arpa_vocabulary(args.from_arpa):
                 if w not in (BOS, EOS, UNK):
                     first_seen.setdefault(w, (args.from_arpa, lineno))
         else:
-            sentences: List[List[str]] = []
             for words, f, lineno in _iter_text(args.text, args.uppercase):
                 sentences.append(words)
                 for w in words:
                     first_seen.setdefault(w, (f, lineno))
-            lm = NGramLM.estimate(sentences, order=args.order)
-            arpa = os.path.join(args.out_dir, "lm.arpa")
-            lm.write_arpa(arpa)
-            print(f"{arpa}: order {lm.order}, n-grams per order {lm.counts()}, {len(sentences)} sentences, "
-                  f"{len(lm.vocab) - 3} words; discounts (D1, D2, D3+) per order: "
-                  + ", ".join("(" + ", ".join(f"{d:.3f}" for d in ds) + ")" for ds in lm.discounts or []))
+        # the lexicon is checked before anything is written: a failure leaves no partial result in out_dir
+        lines, skipped = [], []
         if symbols is not None:
-            lex_path = os.path.join(args.out_dir, "lexicon.txt")
-            lines, skipped = [], []
             for w in sorted(first_seen):
                 try:
                     spelling = letter_spelling(w, symbols)
@@ -734,6 +727,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     raise LexiconError(f"{f}:{lineno}: word {w!r}: {exc} ({args.dict_path}); fix the text, use "
                                        "--uppercase, or --skip_invalid") from None
                 lines.append(f"{w}\t{' '.join(spelling)} |\n")
+        os.makedirs(args.out_dir, exist_ok=True)
+        if not args.from_arpa:
+            lm = NGramLM.estimate(sentences, order=args.order)
+            arpa = os.path.join(args.out_dir, "lm.arpa")
+            lm.write_arpa(arpa)
+            print(f"{arpa}: order {lm.order}, n-grams per order {lm.counts()}, {len(sentences)} sentences, "
+                  f"{len(lm.vocab) - 3} words; discounts (D1, D2, D3+) per order: "
+                  + ", ".join("(" + ", ".join(f"{d:.3f}" for d in ds) + ")" for ds in lm.discounts or []))
+        if symbols is not None:
+            lex_path = os.path.join(args.out_dir, "lexicon.txt")
             with open(lex_path, "w", encoding="utf-8") as fh:
                 fh.write("".join(lines))
             if skipped:

@@ -293,6 +293,7 @@ def test_cli_names_the_word_file_and_line_of_a_bad_letter(tmp_path, capsys):
     rc = main(["--text", str(wrd), "--dict", _dict(tmp_path), "--out_dir", str(tmp_path / "lm")])
     err = capsys.readouterr().err
     assert rc == 2 and f"{wrd}:3: word 'XENA'" in err and "'X'" in err and "dict.ltr.txt" in err
+    assert not (tmp_path / "lm").exists()  # nothing half-made is left behind
     # --skip_invalid leaves it out
     assert main(["--text", str(wrd), "--dict", _dict(tmp_path), "--out_dir", str(tmp_path / "lm"),
                  "--skip_invalid"]) == 0
