@@ -211,6 +211,10 @@ class Trainer:
             raise RuntimeError(f"{source} is a {mode} checkpoint and this is a {self.task.mode} run: another run's "
                                "output_dir? Give this run its own --output_dir (a pretrained model starts fine-tuning "
                                "through --w2v_path)")
+        saved_max = args.get("max_update") if isinstance(args, Mapping) else getattr(args, "max_update", None)
+        if isinstance(saved_max, int) and saved_max != self.cfg.max_update:
+            self.print(f"Note: {source} was saved by a run with --max_update {saved_max}; this run has "
+                       f"{self.cfg.max_update}, and the learning-rate schedule follows the new value")
         missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         if missing or unexpected:
             raise RuntimeError(f"{source}: model weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -483,7 +487,8 @@ class Trainer:
                     self._log("train", (epoch, done_in_epoch, steps_per_epoch), res, self.metrics)
                     self._check_health(res)
                     self.metrics.start_scope("train", timer=False)
-                if cfg.save_interval_updates and self.state.step % cfg.save_interval_updates == 0:
+                if (cfg.save_interval_updates and self.state.step % cfg.save_interval_updates == 0
+                        and self.state.step < cfg.max_update):  # (the last update is saved after its validation)
                     self.save()
                 if cfg.updates_this_job and self.state.step - start_step >= cfg.updates_this_job:
                     self._stop = True

@@ -720,3 +720,17 @@ def test_resuming_another_kind_of_run_names_the_mismatch(tmp_path):
     with pytest.raises(RuntimeError, match="is a pretrain checkpoint and this is a finetune run"):
         other.load_state_dict(ckpt, source="wav2vec2_update2.pt")
     trainer.load_state_dict(ckpt)  # the same kind loads
+
+
+def test_resuming_with_another_max_update_says_the_schedule_follows_it(tmp_path):
+    trainer, _, _ = _toy_trainer(tmp_path, _ToyTask(), max_update=5, validate=False)
+    ckpt = dict(trainer.state_dict(), args={"mode": "pretrain", "max_update": 5})
+    longer, _, _ = _toy_trainer(tmp_path / "b", _ToyTask(), max_update=10, validate=False)
+    said = []
+    longer.print = said.append
+    longer.load_state_dict(ckpt, source="wav2vec2_update5.pt")
+    assert any("--max_update 5" in s and "10" in s and "schedule" in s for s in said)
+    said.clear()
+    trainer.print = said.append
+    trainer.load_state_dict(ckpt)
+    assert not any("max_update" in s for s in said)
