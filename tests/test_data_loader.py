@@ -131,6 +131,8 @@ def test_summary_and_empty_after_filtering(corpus, caplog):
     s = ld.summary
     # lengths 800+97i: < 1000 for i <= 2 (3 skipped); > 4000 for i >= 33 (7 skipped)
     assert (s.entries, s.skipped_short, s.skipped_long, s.kept) == (40, 3, 7, 30)
+    # the skip warning names filelist lines (entry i is on line i + 2, after the root line): the longest is i = 39
+    assert "7 samples have invalid sizes" in caplog.text and f"{corpus / 'train.tsv'}:41" in caplog.text
     with pytest.raises(DataError, match=r"no utterance of .*train\.tsv is left after filtering.*40 entries"):
         build_loader(ds, _cfg(max_tokens=500, pad=True, max_sample_size=None))
     with pytest.raises(DataError, match="longer than max_tokens"):

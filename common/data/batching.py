@@ -8,7 +8,7 @@ global NumPy seed, so the same filelist and seed give the reference's batches.
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -44,10 +44,12 @@ def ordered_indices(sizes: np.ndarray, seed: int, max_sample_size: Optional[int]
     return np.lexsort((tie, capped_sizes(sizes, max_sample_size)))[::-1].copy()
 
 
-def filter_by_size(indices: np.ndarray, tokens: np.ndarray, max_positions: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
+def filter_by_size(indices: np.ndarray, tokens: np.ndarray, max_positions: Optional[int],
+                   where: Optional[Callable[[int], str]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Drop indices whose token count exceeds ``max_positions`` (None keeps all).
 
-    Returns ``(kept, ignored)`` in the given order; a warning is logged when something is ignored.
+    Returns ``(kept, ignored)`` in the given order; a warning is logged when something is ignored, naming the first
+    few by ``where(index)`` (e.g. their filelist lines) when given, else by index as the reference does.
     """
     indices = np.asarray(indices, dtype=np.int64)
     if max_positions is None:
@@ -55,9 +57,10 @@ def filter_by_size(indices: np.ndarray, tokens: np.ndarray, max_positions: Optio
     bad = np.asarray(tokens)[indices] > max_positions
     kept, ignored = indices[~bad], indices[bad]
     if len(ignored):
+        first = [where(int(i)) for i in ignored[:10]] if where is not None else ignored[:10].tolist()
         logger.warning(
-            "%d samples have invalid sizes and will be skipped, max_positions=%d, first few sample ids=%s",
-            len(ignored), max_positions, ignored[:10].tolist(),
+            "%d samples have invalid sizes and will be skipped, max_positions=%d, first few %s=%s",
+            len(ignored), max_positions, "entries" if where is not None else "sample ids", first,
         )
     return kept, ignored
 

@@ -241,7 +241,8 @@ def build_loader(dataset: AudioDataset, config: LoaderConfig, world_size: int = 
     manifest = dataset.manifest
     tokens = num_tokens(sizes, config.pad, config.max_sample_size)
     order = ordered_indices(sizes, config.seed, config.max_sample_size, shuffle=True)
-    kept, ignored = filter_by_size(order, tokens, config.max_tokens if config.filter_long else None)
+    kept, ignored = filter_by_size(order, tokens, config.max_tokens if config.filter_long else None,
+                                   where=lambda i: f"{manifest.path}:{int(manifest.line_numbers[i])}")
     if len(kept) == 0:
         raise DataError(
             f"no utterance of {manifest.path} is left after filtering: {manifest.num_entries} entries, "
