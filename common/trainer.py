@@ -180,7 +180,8 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.generator = torch.Generator(device=env.device)
         self.update_losses: list[float] = []  # per-update normalised training loss (tests, curves)
-        self._stop = False
+        self._stop = False  # stop after this update: decided identically on every rank
+        self._stop_requested = False  # a signal reached this process; the ranks agree on it in the next update
         self._last_val: dict = {}
         self.sync = torch.cuda.synchronize if env.device.type == "cuda" else None
 
@@ -358,7 +359,12 @@ class Trainer:
         finite = math.isfinite(loss_sum)
 
         # reduce over ranks
-        sample_size, loss_sum, nonfinite = all_reduce_sum([sample_size, loss_sum, 0.0 if finite else 1.0], env.device)
+        # (a stop signal joins the reduction: each rank may get it at a different moment, all stop after the same
+        # update, so none waits alone in the next update's all-reduce)
+        sample_size, loss_sum, nonfinite, stop_votes = all_reduce_sum(
+            [sample_size, loss_sum, 0.0 if finite else 1.0, 1.0 if self._stop_requested else 0.0], env.device)
+        if stop_votes:
+            self._stop = True
         if nonfinite:
             self.metrics.discard()  # every rank knows: the skipped update's NaN/inf never reaches the logged averages
         else:
@@ -422,11 +428,11 @@ class Trainer:
         def handler(signum, frame):  # noqa: ARG001
             if os.getpid() != main_pid:  # a forked DataLoader worker (Ctrl-C reaches the whole process group)
                 return
-            if signum == signal.SIGINT and self._stop:
+            if signum == signal.SIGINT and self._stop_requested:
                 raise KeyboardInterrupt
             again = " (Ctrl-C again: stop at once, without saving)" if signum == signal.SIGINT else ""
             self.print(f"Signal {signum} received: saving at the end of this update and stopping{again}")
-            self._stop = True
+            self._stop_requested = True
 
         previous = {}
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):

@@ -43,3 +43,73 @@ def test_all_reduce_sums_and_keeps_globally_unused_gradients_none(tmp_path):
         assert torch.equal(got["b"], torch.tensor([1.0, 2.0, 3.0]))  # rank 0 contributed zeros
         assert got["c"] is None  # unused everywhere: the optimizer must skip it, as on one rank
         assert got["d"] is None
+
+
+def _stop_worker(rank: int, port: int, out_dir: str) -> None:
+    """Two ranks of the toy trainer; only rank 1 receives SIGTERM, during its third update."""
+    import signal
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        from test_trainer import _ToyLoader, _ToyTask
+
+        from common.distributed import DistEnv
+        from common.lr_schedules import LRScheduleConfig, LRScheduler
+        from common.metrics import MetricsAggregator, MetricsSpec
+        from common.optim import OptimizerConfig, build_optimizer
+        from common.precision import PrecisionPolicy
+        from common.trainer import Trainer, TrainerConfig
+
+        class _Signalled(_ToyTask):
+            calls = 0
+
+            def train_step(self, model, batch, generator):
+                self.calls += 1
+                if rank == 1 and self.calls == 3:
+                    signal.raise_signal(signal.SIGTERM)
+                return super().train_step(model, batch, generator)
+
+        class _NoLog:
+            def log(self, step, data):
+                pass
+
+            def flush(self):
+                pass
+
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        opt = build_optimizer(model.parameters(), OptimizerConfig(lr=0.01))
+        precision = PrecisionPolicy(mode="fp32", device="cpu")
+        trainer = Trainer(
+            TrainerConfig(output_dir=os.path.join(out_dir, "run"), max_update=8, validate=False), model=model,
+            task=_Signalled(), optimizer=opt,
+            scheduler=LRScheduler(opt, LRScheduleConfig(lr=0.01, max_update=100, warmup_updates=1)),
+            precision=precision, scaler=precision.make_loss_scaler(2, 1), train_loader=_ToyLoader(6),
+            valid_loader=None, metrics=MetricsAggregator(MetricsSpec.pretrain()),
+            valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=_NoLog(), print_fn=lambda *a: None,
+            env=DistEnv(rank=rank, world_size=2),
+        )
+        state = trainer.fit()
+        torch.save({"step": state.step}, os.path.join(out_dir, f"stopped{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_update(tmp_path):
+    """SIGTERM (or Ctrl-C) reaches ranks at different moments, here only rank 1: the ranks agree on it in the next
+    update's all-reduce and all stop after that update, so no rank waits alone in an all-reduce (a hang)."""
+    import time
+
+    ctx = mp.start_processes(_stop_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")
+    deadline = time.time() + 120
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            raise AssertionError("the ranks did not stop together (hang)")
+    steps = [torch.load(tmp_path / f"stopped{r}.pt", weights_only=True)["step"] for r in (0, 1)]
+    assert steps == [3, 3]
+    assert os.path.exists(tmp_path / "run" / "wav2vec2_update3.pt")
