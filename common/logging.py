@@ -27,6 +27,8 @@ import warnings
 from datetime import datetime
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO, Union
 
+from common.progress import print_quietly
+
 __all__ = [
     "DLLL_PREFIX",
     "Verbosity",
@@ -165,10 +167,13 @@ class StdoutWriter:
 
     def log(self, timestamp: datetime, elapsedtime: float, step: Any, data: Mapping[str, Any]) -> None:
         metrics = " ".join(format_metric(k, self._metadata.get(k, {}), v) for k, v in data.items())
-        print(f"{self.prefix_format(timestamp)}{format_step(step)} {metrics}", file=self.stream or sys.stdout)
+        print_quietly(f"{self.prefix_format(timestamp)}{format_step(step)} {metrics}", file=self.stream or sys.stdout)
 
     def flush(self) -> None:
-        (self.stream or sys.stdout).flush()
+        try:
+            (self.stream or sys.stdout).flush()
+        except (OSError, ValueError):  # a closed pipe (see print_quietly)
+            pass
 
 
 class MetricLogger:

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
-__all__ = ["format_duration", "Progress"]
+__all__ = ["format_duration", "print_quietly", "Progress"]
 
 
 def format_duration(seconds: float) -> str:
@@ -25,6 +25,16 @@ def format_duration(seconds: float) -> str:
         return "?"
     s = int(round(seconds))
     return f"{s // 3600}:{(s % 3600) // 60:02d}:{s % 60:02d}"
+
+
+def print_quietly(*args, file: Optional[TextIO] = None, **kwargs) -> None:
+    """``print`` that gives up on an unwritable console instead of raising: a Ctrl-C also kills the reader of
+    ``train.py ... | tee log``, and the save that the Ctrl-C asked for must not die of the closed pipe. (Also a
+    print re-entered from a signal handler, or a closed stream.)"""
+    try:
+        print(*args, file=file or sys.stdout, **kwargs)
+    except (OSError, ValueError, RuntimeError):
+        pass
 
 
 class Progress:
@@ -115,7 +125,7 @@ class Progress:
         self._printed_done = self.done
         text = self.line()
         if self.enabled:
-            print(text, file=self.stream or sys.stderr, flush=True)
+            print_quietly(text, file=self.stream or sys.stderr, flush=True)
         return text
 
     def close(self) -> Optional[str]:

@@ -173,7 +173,13 @@ class Trainer:
         self.health = health
         # validation keeps its own streaks: train-scope logs (without WER keys) must not reset them
         self.val_health = copy.deepcopy(health) if health is not None else None
-        self.print = print_fn if env.is_main else (lambda *_: None)
+        def say(*args) -> None:  # a closed console (| tee killed by Ctrl-C) must not stop a save
+            try:
+                print_fn(*args)
+            except (OSError, ValueError, RuntimeError):
+                pass
+
+        self.print = say if env.is_main else (lambda *_: None)
         self.state = TrainState()
         self.ema = ExponentialMovingAverage(model, cfg.ema) if cfg.ema > 0 else None
         self.checkpointer = Checkpointer(cfg.output_dir, keep_milestones=cfg.keep_milestones, log=self.print)

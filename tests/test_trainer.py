@@ -178,7 +178,7 @@ class _ToyTask:
     valid_step = train_step
 
 
-def _toy_trainer(tmp_path, task, precision_mode="fp32", **cfg):
+def _toy_trainer(tmp_path, task, precision_mode="fp32", print_fn=lambda *a: None, **cfg):
     from common.lr_schedules import LRScheduleConfig, LRScheduler
     from common.metrics import MetricsAggregator, MetricsSpec
     from common.optim import OptimizerConfig, build_optimizer
@@ -206,7 +206,7 @@ def _toy_trainer(tmp_path, task, precision_mode="fp32", **cfg):
         TrainerConfig(output_dir=str(tmp_path), **cfg), model=model, task=task, optimizer=opt, scheduler=sched,
         precision=precision, scaler=precision.make_loss_scaler(1, 1, init_scale=128.0), train_loader=_ToyLoader(6),
         valid_loader=None, metrics=MetricsAggregator(MetricsSpec.pretrain()),
-        valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=logger, print_fn=lambda *a: None,
+        valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=logger, print_fn=print_fn,
     )
     return trainer, model, logger
 
@@ -734,3 +734,22 @@ def test_resuming_with_another_max_update_says_the_schedule_follows_it(tmp_path)
     trainer.print = said.append
     trainer.load_state_dict(ckpt)
     assert not any("max_update" in s for s in said)
+
+
+def test_ctrl_c_saves_even_when_the_console_pipe_is_gone(tmp_path, monkeypatch):
+    """``train.py ... | tee log``: Ctrl-C also kills tee, so every later write to stdout fails (EPIPE). The notice,
+    the 'Saving' line and the progress lines are dropped; the save still happens and the run stops normally."""
+    import io
+
+    class _ClosedPipe(io.TextIOBase):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    monkeypatch.setattr(sys, "stderr", _ClosedPipe())
+    trainer, _, _ = _toy_trainer(tmp_path, _CtrlCTask(at={3}), print_fn=print, max_update=10, validate=False)
+    assert trainer.fit().step == 3
+    assert sorted(os.listdir(tmp_path)) == ["wav2vec2_update3.pt"]
