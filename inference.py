@@ -437,8 +437,8 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
     if env.world_size > 1 and env.is_main:
         print(f"Inference with {env.world_size} processes ({device.type})")
     if env.is_main:
-        timing = (f"; performance mode: {max(1, args.warmup_steps)} warm-up + {args.steps} timed batches (cycling over the "
-                  "filelist)" if args.steps > 0 else "")
+        timing = (f"; performance mode: {max(1, args.warmup_steps)} warm-up + {args.steps} timed batches "
+                  "(cycling over the filelist)" if args.steps > 0 else "")
         print(f"Evaluating {args.w2v_path} ({loaded.source_format}, {vocab} outputs) on {tsv}: "
               f"{_count(len(dataset), 'utterance')}, {_count(len(batches), 'batch')}, precision {policy.mode}, "
               f"device {device}{timing}")

@@ -45,6 +45,7 @@ class Checkpointer:
         self.name = name
         self.keep_milestones = list(keep_milestones)
         self.log = log
+        self._pattern = re.compile(rf"{re.escape(name)}_update(\d+)\.pt")
         self.tracked = self._scan()
 
     def path_for(self, step: int) -> str:
@@ -62,7 +63,7 @@ class Checkpointer:
         return sorted(self._matches(self.output_dir))
 
     def _matches(self, directory: str) -> list[tuple[int, str]]:
-        pattern = re.compile(rf"{re.escape(self.name)}_update(\d+)\.pt")
+        pattern = self._pattern
         try:
             entries = list(os.scandir(directory))
         except OSError:  # missing or unreadable: nothing to resume from

@@ -167,7 +167,8 @@ class StdoutWriter:
 
     def log(self, timestamp: datetime, elapsedtime: float, step: Any, data: Mapping[str, Any]) -> None:
         metrics = " ".join(format_metric(k, self._metadata.get(k, {}), v) for k, v in data.items())
-        print_quietly(f"{self.prefix_format(timestamp)}{format_step(step)} {metrics}", file=self.stream or sys.stdout)
+        line = f"{self.prefix_format(timestamp)}{format_step(step)} {metrics}"
+        print_quietly(line, file=self.stream or sys.stdout)
 
     def flush(self) -> None:
         try:

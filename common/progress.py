@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
-__all__ = ["format_duration", "print_quietly", "Progress"]
+__all__ = ["format_duration", "print_quietly", "Progress", "quietly"]
 
 
 def format_duration(seconds: float) -> str:
@@ -27,14 +27,22 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600}:{(s % 3600) // 60:02d}:{s % 60:02d}"
 
 
+def quietly(write: Callable[..., Any]) -> Callable[..., None]:
+    """``write`` (``print`` or a print-like function) made to give up on an unwritable console instead of raising:
+    a Ctrl-C also kills the reader of ``train.py ... | tee log``, and the save that the Ctrl-C asked for must not
+    die of the closed pipe. (Also a print re-entered from a signal handler, or a closed stream.)"""
+    def call(*args, **kwargs) -> None:
+        try:
+            write(*args, **kwargs)
+        except (OSError, ValueError, RuntimeError):
+            pass
+
+    return call
+
+
 def print_quietly(*args, file: Optional[TextIO] = None, **kwargs) -> None:
-    """``print`` that gives up on an unwritable console instead of raising: a Ctrl-C also kills the reader of
-    ``train.py ... | tee log``, and the save that the Ctrl-C asked for must not die of the closed pipe. (Also a
-    print re-entered from a signal handler, or a closed stream.)"""
-    try:
-        print(*args, file=file or sys.stdout, **kwargs)
-    except (OSError, ValueError, RuntimeError):
-        pass
+    """``print`` to ``file`` (default stdout, resolved at call time) that never raises (see :func:`quietly`)."""
+    quietly(print)(*args, file=file or sys.stdout, **kwargs)
 
 
 class Progress:

@@ -35,7 +35,7 @@ from common.lr_schedules import LRScheduler
 from common.metrics import MetricsAggregator
 from common.optim import adam_state_from_reference, clip_grad_norm, scale_gradients
 from common.precision import PrecisionPolicy
-from common.progress import Progress
+from common.progress import Progress, quietly
 
 __all__ = ["TrainerConfig", "TrainingTask", "Trainer", "ExponentialMovingAverage", "micro_batch_seed"]
 
@@ -173,13 +173,8 @@ class Trainer:
         self.health = health
         # validation keeps its own streaks: train-scope logs (without WER keys) must not reset them
         self.val_health = copy.deepcopy(health) if health is not None else None
-        def say(*args) -> None:  # a closed console (| tee killed by Ctrl-C) must not stop a save
-            try:
-                print_fn(*args)
-            except (OSError, ValueError, RuntimeError):
-                pass
-
-        self.print = say if env.is_main else (lambda *_: None)
+        # a closed console (| tee killed by Ctrl-C) must not stop a save
+        self.print = quietly(print_fn) if env.is_main else (lambda *_: None)
         self.state = TrainState()
         self.ema = ExponentialMovingAverage(model, cfg.ema) if cfg.ema > 0 else None
         self.checkpointer = Checkpointer(cfg.output_dir, keep_milestones=cfg.keep_milestones, log=self.print)
@@ -212,13 +207,17 @@ class Trainer:
         return state
 
     def load_state_dict(self, ckpt: Mapping[str, Any], source: str = "checkpoint") -> None:
-        args = ckpt.get("args")
-        mode = args.get("mode") if isinstance(args, Mapping) else getattr(args, "mode", None)
+        args = ckpt.get("args")  # ours / NVIDIA: a dict or an argparse Namespace; fairseq: often None
+
+        def saved(name: str) -> Any:
+            return args.get(name) if isinstance(args, Mapping) else getattr(args, name, None)
+
+        mode = saved("mode")
         if mode in ("pretrain", "finetune") and mode != self.task.mode:
             raise RuntimeError(f"{source} is a {mode} checkpoint and this is a {self.task.mode} run: another run's "
                                "output_dir? Give this run its own --output_dir (a pretrained model starts fine-tuning "
                                "through --w2v_path)")
-        saved_max = args.get("max_update") if isinstance(args, Mapping) else getattr(args, "max_update", None)
+        saved_max = saved("max_update")
         if isinstance(saved_max, int) and saved_max != self.cfg.max_update:
             self.print(f"Note: {source} was saved by a run with --max_update {saved_max}; this run has "
                        f"{self.cfg.max_update}, and the learning-rate schedule follows the new value")

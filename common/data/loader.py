@@ -40,7 +40,6 @@ from common.data.sampler import BatchPlan, ShardedBatchSampler, balance_for_rank
 logger = logging.getLogger(__name__)
 
 
-
 def usable_workers(requested: int, batches: Optional[int] = None) -> int:
     """DataLoader worker processes worth starting: ``requested`` (``--num_workers``; the reference's default is 6 per
     GPU) capped at the CPUs this process may use and at the number of batches to load. More workers than CPUs only
@@ -54,6 +53,7 @@ def usable_workers(requested: int, batches: Optional[int] = None) -> int:
     if batches is not None:
         count = min(count, int(batches))
     return max(0, count)
+
 
 @dataclass
 class LoaderConfig:
