@@ -169,6 +169,39 @@ def test_worker_count_is_capped_at_usable_cpus_and_batches(monkeypatch):
 
     from common.data.loader import usable_workers
 
+    import common.data.loader as loader_module
+
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(loader_module, "_cgroup_cpu_limit", lambda: None)
     assert usable_workers(6) == 2 and usable_workers(6, 1) == 1 and usable_workers(1, 50) == 1
     assert usable_workers(0, 50) == 0
+    # 16 CPUs visible, but a container quota of 2.5 CPUs (docker --cpus 2.5): 3 workers
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(loader_module, "_cgroup_cpu_limit", lambda: 3)
+    assert usable_workers(6) == 3
+
+
+def test_cgroup_cpu_quota_is_read_from_v2_and_v1_files(tmp_path):
+    """The quota in the process's own cgroup wins; "max" / -1 mean no quota; unreadable files mean no quota."""
+    from common.data.loader import _cgroup_cpu_limit
+
+    proc = tmp_path / "proc_cgroup"
+    # cgroup v2: own cgroup "/job" with 250000 us per 100000 us -> 3 CPUs (rounded up); root says max
+    root = tmp_path / "v2"
+    (root / "job").mkdir(parents=True)
+    (root / "cpu.max").write_text("max 100000\n")
+    (root / "job" / "cpu.max").write_text("250000 100000\n")
+    proc.write_text("0::/job\n")
+    assert _cgroup_cpu_limit(str(root), str(proc)) == 3
+    (root / "job" / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_cpu_limit(str(root), str(proc)) is None
+    # cgroup v1: cpu,cpuacct controller, quota 100000 per 50000 -> 2 CPUs; -1 means unlimited
+    root = tmp_path / "v1"
+    (root / "cpu,cpuacct" / "job").mkdir(parents=True)
+    (root / "cpu,cpuacct" / "job" / "cpu.cfs_quota_us").write_text("100000\n")
+    (root / "cpu,cpuacct" / "job" / "cpu.cfs_period_us").write_text("50000\n")
+    proc.write_text("4:memory:/other\n2:cpu,cpuacct:/job\n0::/\n")
+    assert _cgroup_cpu_limit(str(root), str(proc)) == 2
+    (root / "cpu,cpuacct" / "job" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_cpu_limit(str(root), str(proc)) is None
+    assert _cgroup_cpu_limit(str(tmp_path / "missing"), str(tmp_path / "missing_proc")) is None

@@ -37,3 +37,24 @@ def test_short_demo_end_to_end(tmp_path):
     # a rerun skips every finished stage
     res2 = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res2.returncode == 0 and "pretrain: already done" in res2.stdout
+
+
+def test_demo_summary_reads_the_update_from_train_update_and_falls_back_to_epoch_and_iteration():
+    """Logs with ``train_update`` are read as they say, also when ``--max_update`` ended an epoch early and the
+    next job counted its epochs from there; reference-style logs (no field) use (epoch - 1) x per-epoch + iteration."""
+    from utils.demo_summary import _last_update
+
+    ours = [
+        {"step": [1, 10, 10], "data": {"train_loss": 3.0, "train_update": 10}},
+        # a resumed job whose first epoch was cut short: (3 - 1) * 10 + 3 = 23 would be wrong
+        {"step": [3, 3, 10], "data": {"train_loss": 2.0, "train_update": 16}},
+        {"step": [3], "data": {"val_loss": 2.5}},
+    ]
+    assert _last_update(ours) == 16
+    reference = [
+        {"step": [1, 10, 10], "data": {"train_loss": 3.0}},
+        {"step": [2, 4, 10], "data": {"train_loss": 2.0}},
+        {"step": [2], "data": {"val_loss": 2.5}},
+    ]
+    assert _last_update(reference) == 14
+    assert _last_update([]) is None

@@ -56,10 +56,18 @@ def audio_hours(tsv: str, sample_rate: int = 16000) -> float:
 
 
 def _last_update(records: list[dict[str, Any]]) -> Optional[int]:
+    """The last training record's update: its ``train_update`` field, or, in logs written before that field
+    existed (and the reference's), ``(epoch - 1) * iterations_per_epoch + iteration``."""
     best = None
     for rec in records:
+        data = rec.get("data", {})
+        if "train_loss" not in data:
+            continue
+        if isinstance(data.get("train_update"), (int, float)):
+            best = int(data["train_update"])
+            continue
         step = rec.get("step")
-        if isinstance(step, list) and len(step) == 3 and "train_loss" in rec.get("data", {}):
+        if isinstance(step, list) and len(step) == 3:
             epoch, it, per_epoch = step
             best = (epoch - 1) * per_epoch + it
     return best

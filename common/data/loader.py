@@ -40,16 +40,65 @@ from common.data.sampler import BatchPlan, ShardedBatchSampler, balance_for_rank
 logger = logging.getLogger(__name__)
 
 
-def usable_workers(requested: int, batches: Optional[int] = None) -> int:
-    """DataLoader worker processes worth starting: ``requested`` (``--num_workers``; the reference's default is 6 per
-    GPU) capped at the CPUs this process may use and at the number of batches to load. More workers than CPUs only
-    compete for them (torch warns about it), and more than batches would idle. Results do not depend on the count:
-    every batch draws its randomness from its own position in the epoch."""
+def _cgroup_cpu_limit(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> Optional[int]:
+    """CPUs a cgroup CPU quota allows this process (``docker --cpus``, Kubernetes limits), rounded up; None where
+    there is no quota or it cannot be read. Reads cgroup v2's ``cpu.max`` and v1's ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``, in the process's own cgroup and at the root of the hierarchy."""
+    own = {"v2": "", "v1": ""}
+    try:
+        with open(proc_cgroup) as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) != 3:
+                    continue
+                if parts[0] == "0" and parts[1] == "":
+                    own["v2"] = parts[2].lstrip("/")
+                elif "cpu" in parts[1].split(","):
+                    own["v1"] = parts[2].lstrip("/")
+    except OSError:
+        pass
+    candidates = []
+    for rel in dict.fromkeys([own["v2"], ""]):
+        candidates.append(("v2", os.path.join(cgroup_root, rel, "cpu.max")))
+    for folder in ("cpu", "cpu,cpuacct"):
+        for rel in dict.fromkeys([own["v1"], ""]):
+            candidates.append(("v1", os.path.join(cgroup_root, folder, rel)))
+    for kind, path in candidates:
+        try:
+            if kind == "v2":
+                with open(path) as f:
+                    quota, period = (f.read().split() + ["100000"])[:2]
+                if quota == "max":
+                    continue
+            else:
+                with open(os.path.join(path, "cpu.cfs_quota_us")) as f:
+                    quota = f.read().strip()
+                with open(os.path.join(path, "cpu.cfs_period_us")) as f:
+                    period = f.read().strip()
+            quota_us, period_us = int(quota), int(period)
+        except (OSError, ValueError):
+            continue
+        if quota_us > 0 and period_us > 0:
+            return max(1, -(-quota_us // period_us))
+    return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota where one is set."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    count = min(int(requested), cpus)
+    limit = _cgroup_cpu_limit()
+    return min(cpus, limit) if limit else cpus
+
+
+def usable_workers(requested: int, batches: Optional[int] = None) -> int:
+    """DataLoader worker processes worth starting: ``requested`` (``--num_workers``; the reference's default is 6 per
+    GPU) capped at the CPUs this process may use (affinity and cgroup quota) and at the number of batches to load.
+    More workers than CPUs only compete for them (torch warns about it), and more than batches would idle. Results do
+    not depend on the count: every batch draws its randomness from its own position in the epoch."""
+    count = min(int(requested), usable_cpus())
     if batches is not None:
         count = min(count, int(batches))
     return max(0, count)
