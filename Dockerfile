@@ -7,11 +7,23 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/workspace/wav2vec2
 WORKDIR /workspace/wav2vec2
 
-# NVIDIA apex ships with the NGC PyTorch images (the reference's 22.11 used it); this project does not import it
-# (torch AdamW and LayerNorm). numpy and tensorboard also come with the image. Torch is NOT reinstalled: the project
-# is installed with --no-deps so that pip keeps the image's CUDA build of torch.
+# NVIDIA apex: the training uses its FusedAdam on CUDA when it is importable (common/optim.py, "auto"), torch's fused
+# AdamW otherwise. Older NGC PyTorch images ship apex (the reference's 22.11 did); where this one does not, it is
+# built here from NVIDIA's repository with its C++/CUDA extensions (FusedAdam needs them; a few minutes with nvcc).
+# NVIDIA dllogger is installed from its repository (PyPI's "nvidia-dllogger" is another package). numpy and
+# tensorboard come with the image. Torch is NOT reinstalled: the project is installed with --no-deps so that pip
+# keeps the image's CUDA build of torch.
+ARG APEX_REF=master
 RUN pip install --no-cache-dir 'soundfile>=0.12' 'editdistance>=0.6' \
-    && pip install --no-cache-dir 'git+https://github.com/NVIDIA/dllogger@v1.0.0#egg=dllogger'
+    && pip install --no-cache-dir 'git+https://github.com/NVIDIA/dllogger@v1.0.0#egg=dllogger' \
+    && if python -c 'from apex.optimizers import FusedAdam; import amp_C' 2>/dev/null; then \
+           echo "NVIDIA apex with its CUDA extensions: from the base image"; \
+       else \
+           APEX_CPP_EXT=1 APEX_CUDA_EXT=1 pip install -v --no-cache-dir --no-build-isolation \
+               --config-settings "--build-option=--cpp_ext" --config-settings "--build-option=--cuda_ext" \
+               "git+https://github.com/NVIDIA/apex@${APEX_REF}" \
+           && python -c 'from apex.optimizers import FusedAdam; import amp_C'; \
+       fi
 
 COPY . .
 RUN pip install --no-cache-dir --no-deps -e .

@@ -649,6 +649,49 @@ def test_dockerfile():
         assert entry in ignore
 
 
+
+def _dockerfile_run_step(marker):
+    """The shell command of the Dockerfile's RUN instruction that mentions ``marker`` (continuation lines joined)."""
+    text = open(os.path.join(ROOT, "Dockerfile")).read().replace("\\\n", " ")
+    runs = [line[len("RUN "):] for line in text.splitlines() if line.startswith("RUN ") and marker in line]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.parametrize("base_has_apex", [True, False])
+def test_dockerfile_keeps_the_images_apex_or_builds_nvidias(tmp_path, base_has_apex):
+    """The image's NVIDIA apex (FusedAdam + its CUDA extension amp_C) is kept; without it, apex is built from NVIDIA's
+    repository with the C++/CUDA extensions and checked. Runs the RUN step's shell with logging fake pip/python."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "calls"
+    state = tmp_path / "apex_installed"
+    if base_has_apex:
+        state.write_text("")
+    (bindir / "pip").write_text(f"""#!/bin/sh
+echo "pip $*" >> {log}
+case "$*" in *NVIDIA/apex*) touch {state};; esac
+""")
+    (bindir / "python").write_text(f"""#!/bin/sh
+echo "python $*" >> {log}
+case "$*" in *amp_C*) test -e {state};; *) exit 0;; esac
+""")
+    for tool in ("pip", "python"):
+        os.chmod(bindir / tool, 0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", APEX_REF="master")
+    res = subprocess.run(["sh", "-c", _dockerfile_run_step("apex")], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    calls = log.read_text().splitlines()
+    apex_builds = [c for c in calls if c.startswith("pip") and "NVIDIA/apex" in c]
+    assert any("NVIDIA/dllogger@v1.0.0" in c for c in calls)
+    if base_has_apex:
+        assert apex_builds == [] and "from the base image" in res.stdout
+    else:
+        assert len(apex_builds) == 1
+        assert "--no-build-isolation" in apex_builds[0] and "git+https://github.com/NVIDIA/apex@master" in apex_builds[0]
+        assert "--build-option=--cpp_ext" in apex_builds[0] and "--build-option=--cuda_ext" in apex_builds[0]
+        assert calls[-1].startswith("python") and "amp_C" in calls[-1]  # the build is checked
+
 # ---------------------------------------------------------------------------------------------------------------------
 # end to end on CPU (slow): pretrain -> fine-tune -> infer, and the benchmark summaries
 # ---------------------------------------------------------------------------------------------------------------------
