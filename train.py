@@ -125,13 +125,15 @@ def build_loaders(args, cfg, dictionary, env):
         seed=args.seed, shuffle=True, filter_long=True, num_workers=args.num_workers,
     ), world_size=env.world_size, rank=env.rank)
     valid_loader = None
+    # validation groups --num_concat_batches batches per iteration as training does (and the reference: its val_*
+    # figures are per group), keeping the trailing smaller group (Q6)
     if args.valid_subset:
         valid = open_split(args.data, args.valid_subset, labels=labels, dictionary=dictionary, min_sample_size=None,
                            sample_rate=args.sample_rate, normalize=cfg.normalize)
         valid_loader = build_loader(valid, LoaderConfig(
             max_tokens=args.max_tokens_valid, max_sentences=args.batch_size_valid,
             required_batch_size_multiple=args.required_batch_size_multiple, max_sample_size=None, pad=pad,
-            num_batch_buckets=0, num_concat_batches=1, seed=args.seed, shuffle=False,
+            num_batch_buckets=0, num_concat_batches=args.num_concat_batches, seed=args.seed, shuffle=False,
             filter_long=args.skip_invalid_size_inputs_valid_test, num_workers=min(args.num_workers, 2),
         ), world_size=env.world_size, rank=env.rank)
     return train_loader, valid_loader

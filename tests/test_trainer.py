@@ -753,3 +753,26 @@ def test_ctrl_c_saves_even_when_the_console_pipe_is_gone(tmp_path, monkeypatch):
     trainer, _, _ = _toy_trainer(tmp_path, _CtrlCTask(at={3}), print_fn=print, max_update=10, validate=False)
     assert trainer.fit().step == 3
     assert sorted(os.listdir(tmp_path)) == ["wav2vec2_update3.pt"]
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "finetune"])
+def test_validation_groups_batches_like_training(tiny_corpus, tmp_path, mode):
+    """--num_concat_batches n groups validation batches too, as the reference does (its val_* figures are per group
+    of n batches: Base pretraining 8, vox fine-tuning 3), keeping the trailing smaller group instead of dropping it
+    (Q6): every validation utterance is seen once."""
+    import train
+    from common.data.dictionary import Dictionary
+    from common.distributed import DistEnv
+
+    extra = ["--labels", "ltr", "--w2v_path", "unused.pt"] if mode == "finetune" else []
+    args = train.parse_args([mode, "--data", tiny_corpus, "--train_subset", "train", "--valid_subset", "valid",
+                             "--output_dir", str(tmp_path), "--cpu", "--num_workers", "0", "--max_tokens", "40000",
+                             "--max_tokens_valid", "30000", "--batch_size_valid", "1",
+                             "--required_batch_size_multiple", "1", "--num_concat_batches", "3", *extra])
+    dictionary = Dictionary.load(os.path.join(tiny_corpus, "dict.ltr.txt")) if mode == "finetune" else None
+    cfg = type("ModelConfigStub", (), {"normalize": False})()  # build_loaders reads only cfg.normalize
+    _, valid = train.build_loaders(args, cfg, dictionary, DistEnv())
+    groups = [batch["sub_batch_sizes"].tolist() for batch in valid]
+    # 8 validation utterances, one per batch (--batch_size_valid 1): groups of 3, 3 and the trailing 2
+    assert groups == [[1, 1, 1], [1, 1, 1], [1, 1]]
+    assert sorted(i for batch in valid for i in batch["id"].tolist()) == list(range(8))
