@@ -210,8 +210,10 @@ class MetricLogger:
                 b.log(ts, el, step_out, data_out)
 
     def log_parameters(self, params: Mapping[str, Any]) -> None:
-        """Every argument as a PARAMETER record (reference start-up §5.1 step 11)."""
-        self.log("PARAMETER", dict(params))
+        """Every argument as its own PARAMETER record, ``{"step": "PARAMETER", "data": {name: value}}``, in the
+        arguments' order, as the reference logs them (start-up §5.1 step 11, §5.9)."""
+        for name, value in params.items():
+            self.log("PARAMETER", {name: value})
 
     def flush(self) -> None:
         for b in self.backends:

@@ -59,17 +59,19 @@ def test_write_and_parse_back(tmp_path):
     raw = [json.loads(line[len("DLLL "):]) for line in lines]
     # exact key order of dllogger v1.0.0
     assert list(raw[0]) == ["timestamp", "datetime", "elapsedtime", "type", "step", "data"]
-    assert list(raw[1]) == ["timestamp", "elapsedtime", "datetime", "type", "metric", "metadata"]
-    assert raw[0]["step"] == "PARAMETER" and raw[0]["data"]["mode"] == "pretrain"
+    # one PARAMETER record per argument, in order (reference §5.9)
+    assert [(r["step"], r["data"]) for r in raw[:3]] == [
+        ("PARAMETER", {"lr": 5e-4}), ("PARAMETER", {"mode": "pretrain"}), ("PARAMETER", {"update_freq": 1})]
     assert raw[0]["datetime"] == "2026-01-02 03:04:06.600000"
     assert raw[0]["elapsedtime"] == "0.5" and float(raw[0]["timestamp"]) > 0
-    assert raw[1]["metric"] == "train_loss" and raw[1]["metadata"]["format"] == ":>6.3f"
+    assert list(raw[3]) == ["timestamp", "elapsedtime", "datetime", "type", "metric", "metadata"]
+    assert raw[3]["metric"] == "train_loss" and raw[3]["metadata"]["format"] == ":>6.3f"
 
     recs = read_dllogger_log(path)
     logs = [r for r in recs if r["type"] == "LOG"]
-    assert [r["step"] for r in logs] == ["PARAMETER", [1, 10, 500], [1], []]
-    assert logs[1]["data"] == {"train_loss": 6.5, "train_lr": 1e-4, "train_ntokens": 1234}
-    assert logs[2]["data"]["val_loss"] == 5.25
+    assert [r["step"] for r in logs] == ["PARAMETER"] * 3 + [[1, 10, 500], [1], []]
+    assert logs[3]["data"] == {"train_loss": 6.5, "train_lr": 1e-4, "train_ntokens": 1234}
+    assert logs[4]["data"]["val_loss"] == 5.25
 
 
 def test_parse_skips_truncated_and_foreign_lines(tmp_path):
