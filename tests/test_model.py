@@ -605,6 +605,20 @@ def test_loss_terms_logged_only_when_there_are_several():
     assert "loss_0" in keys and "loss_1" in keys and "loss_2" not in keys
 
 
+def test_log_keys_choose_the_quantizer_statistics_in_the_log():
+    """--log_keys (default prob_perplexity code_perplexity temp): the keys the model outputs are copied into the log,
+    others ignored (REFERENCE 3.1 step 7)."""
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(preset("tiny", **NO_DROP)).train()
+    out = model(torch.randn(2, 16000), generator=torch.Generator().manual_seed(0))
+    stats = {"prob_perplexity", "code_perplexity", "temp"}
+    assert stats <= set(ContrastiveCriterion()(out)[2])
+    log = ContrastiveCriterion(log_keys=("temp", "no_such_key"))(out)[2]
+    assert stats & set(log) == {"temp"} and "no_such_key" not in log
+    assert log["temp"] == out.temp
+    assert not stats & set(ContrastiveCriterion(log_keys=())(out)[2])
+
+
 def test_finetuning_runs_an_unpadded_batch_without_lengths():
     """REFERENCE 1.4.1: without padding there is one span-count draw for the whole batch; with lengths the draws
     would be per utterance (then cut to the smallest). The task hands the model lengths only for padded batches,

@@ -45,7 +45,10 @@ def contrastive_accuracy(logits: torch.Tensor) -> tuple[int, int]:
 
 @dataclass
 class ContrastiveCriterion:
-    """``loss_weights``: weights of (diversity, feature penalty); a single value is replicated (reference rule)."""
+    """``loss_weights``: weights of (diversity, feature penalty); a single value is replicated (reference rule).
+    ``log_keys``: the quantizer statistics copied into the log (``--log_keys``), of ``prob_perplexity``,
+    ``code_perplexity`` and ``temp``; other names are ignored, as the reference ignores keys the model does not
+    output."""
 
     loss_weights: Sequence[float] = (0.1, 10.0)
     log_keys: Sequence[str] = ("prob_perplexity", "code_perplexity", "temp")
@@ -91,10 +94,13 @@ class ContrastiveCriterion:
             correct=_correct_count(logits),
             count=sample_size,
         )
-        if out.prob_perplexity is not None:
-            log["prob_perplexity"] = out.prob_perplexity.detach().float().mean()
-            log["code_perplexity"] = out.code_perplexity.detach().float().mean()
-            log["temp"] = float(out.temp)
+        if out.prob_perplexity is not None:  # --log_keys: the quantizer statistics to log (reference §3.1 step 7)
+            available = {"prob_perplexity": lambda: out.prob_perplexity.detach().float().mean(),
+                         "code_perplexity": lambda: out.code_perplexity.detach().float().mean(),
+                         "temp": lambda: float(out.temp)}
+            for key in self.log_keys:
+                if key in available:
+                    log[key] = available[key]()
         return loss, sample_size, log
 
 
