@@ -485,6 +485,37 @@ def test_pos_conv_fft_spectrum_follows_parameter_updates():
         torch.testing.assert_close(conv(x), other(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("between", ["nothing", "train_eval"])
+def test_pos_conv_fft_spectrum_follows_the_trainers_fused_adamw_steps(between):
+    """The trainer's optimizer on the CPU (fused AdamW) updates parameters in place WITHOUT bumping ``_version``:
+    validation after a training step must still use the new weights (it used the first validation's spectrum,
+    which made every later validation loss, and the best-checkpoint choice, wrong). Oracle: F.conv1d."""
+    import torch.nn.functional as F
+
+    from common.optim import OptimizerConfig, build_optimizer
+
+    conv = _pos_conv()
+    opt = build_optimizer(conv.parameters(), OptimizerConfig(lr=0.05, implementation="torch"))
+    assert opt.implementation_name == "torch.AdamW(fused)"
+    x = torch.randn(1, 96, 50)
+    conv.eval()
+    with torch.no_grad():
+        conv(x)  # the spectrum is cached
+    versions = (conv.weight_v._version, conv.weight_g._version)
+    if between == "train_eval":
+        conv.train()
+    conv(torch.randn(1, 96, 50, requires_grad=True)).pow(2).sum().backward()
+    opt.step()
+    if between == "train_eval":
+        conv.eval()
+    with torch.no_grad():
+        got = conv(x)
+        ref = F.conv1d(x, conv.weight(), conv.bias, padding=64, groups=16)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    if between == "nothing":  # what made this necessary; if torch starts bumping it, the probe is merely redundant
+        print("fused AdamW bumps _version:", versions != (conv.weight_v._version, conv.weight_g._version))
+
+
 def test_pos_conv_trains_through_conv1d_and_autocast_keeps_its_dtype():
     conv = _pos_conv()
     x = torch.randn(2, 96, 40, requires_grad=True)

@@ -51,18 +51,36 @@ def _run_train(args, env_extra=None):
     return res
 
 
+def _val_loss_per_update(out_dir: str) -> dict[int, float]:
+    """``val_loss`` by ``val_update`` from a run's dllogger log."""
+    losses: dict[int, float] = {}
+    with open(os.path.join(out_dir, "nvlog.json")) as f:
+        for line in f:
+            if line.startswith("DLLL "):
+                data = json.loads(line[5:]).get("data", {})
+                if "val_loss" in data and "val_update" in data:
+                    losses[data["val_update"]] = data["val_loss"]
+    return losses
+
+
 def test_kill_and_resume_equals_uninterrupted(tiny_corpus, tmp_path):
-    """FP32 on CPU, with dropout, LayerDrop, masks, negatives and Gumbel noise: bitwise identical per-update losses."""
+    """FP32 on CPU, with dropout, LayerDrop, masks, negatives and Gumbel noise: bitwise identical per-update losses,
+    and identical validation losses. A positional convolution of 32 taps validates through the CPU FFT path, whose
+    cached weight spectrum once outlived the optimizer's steps: the straight run's second validation used the
+    first one's weights, where the resumed job (a fresh process) used the current ones."""
+    conv_pos = ("--conv_pos", "32", "--max_tokens", "80000")  # 5 updates per epoch: validations at 5 and 8
     full = str(tmp_path / "full")
-    _run_train(_pretrain_args(tiny_corpus, full))
+    _run_train(_pretrain_args(tiny_corpus, full, *conv_pos))
     cut = str(tmp_path / "cut")
-    # stop after 3 updates (mid-epoch), then after 2 more, then finish
-    _run_train(_pretrain_args(tiny_corpus, cut, "--updates_this_job", "3"))
-    _run_train(_pretrain_args(tiny_corpus, cut, "--updates_this_job", "2", "--resume"))
-    _run_train(_pretrain_args(tiny_corpus, cut, "--resume"))
+    # stop after 3 updates (mid-epoch), then after 3 more (validating epoch 1 on the way), then finish
+    _run_train(_pretrain_args(tiny_corpus, cut, *conv_pos, "--updates_this_job", "3"))
+    _run_train(_pretrain_args(tiny_corpus, cut, *conv_pos, "--updates_this_job", "3", "--resume"))
+    _run_train(_pretrain_args(tiny_corpus, cut, *conv_pos, "--resume"))
     a, b = _train_loss_per_update(full), _train_loss_per_update(cut)
     assert sorted(a) == list(range(1, 9))
     assert a == b  # exact equality of every update's loss
+    val_a, val_b = _val_loss_per_update(full), _val_loss_per_update(cut)
+    assert len(val_a) >= 2 and val_a == val_b
     wa = torch.load(os.path.join(full, "wav2vec2_update8.pt"), weights_only=True)["model"]
     wb = torch.load(os.path.join(cut, "wav2vec2_update8.pt"), weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -81,20 +81,33 @@ class WeightNormConv1d(nn.Module):
             return False  # training: oneDNN's conv and its backward (autograd through the FFT path is slower)
         return self.weight_v.shape[-1] >= 32
 
+    def train(self, mode: bool = True) -> "WeightNormConv1d":
+        self.__dict__.pop("_fft_cache", None)  # train() / eval() around an optimizer's steps: start afresh
+        return super().train(mode)
+
+    def _weight_probe(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of ``weight_g`` (K values) and of every n-th value of ``weight_v`` (~4096): compared with
+        ``torch.equal`` they tell whether the weights changed in place. ``_version`` alone does not: torch's fused CPU
+        AdamW (the trainer's optimizer) updates parameters without bumping it."""
+        v = self.weight_v.detach().reshape(-1)
+        return self.weight_g.detach().clone(), v[::max(1, v.numel() // 4096)].clone()
+
     def _spectrum(self, block: int) -> torch.Tensor:
-        """conj(rfft(weight, block)) as groups x frequencies x C_out/g x C_in/g, cached until a parameter changes
-        (in-place updates bump ``_version``; ``.to()`` / ``load_state_dict`` replace or bump the tensors)."""
+        """conj(rfft(weight, block)) as groups x frequencies x C_out/g x C_in/g, cached until a parameter changes:
+        a new tensor or ``_version`` (``.to()``, ``load_state_dict``), different values (:meth:`_weight_probe`, for
+        in-place updates that keep ``_version``), or a ``train()`` / ``eval()`` call in between."""
         v, g = self.weight_v, self.weight_g
         key = (block, v.device, v.data_ptr(), v._version, g.data_ptr(), g._version)
         cached = self.__dict__.get("_fft_cache")
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == key and all(
+                torch.equal(a, b) for a, b in zip(cached[2], self._weight_probe())):
             return cached[1]
         with torch.no_grad():
             w = self.weight().float()
             c, cin, _ = w.shape
             spec = torch.fft.rfft(w, n=block).conj()  # C x C_in/g x F
             spec = spec.view(self.groups, c // self.groups, cin, -1).permute(0, 3, 1, 2).contiguous()
-        self.__dict__["_fft_cache"] = (key, spec)  # not a buffer: derived data, never saved
+        self.__dict__["_fft_cache"] = (key, spec, self._weight_probe())  # not a buffer: derived, never saved
         return spec
 
     def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
