@@ -35,6 +35,7 @@ __all__ = [
     "OptimizerConfig",
     "PRETRAIN_ADAM_EPS",
     "FINETUNE_ADAM_EPS",
+    "AdamW",
     "nvidia_apex_fused_adam",
     "build_optimizer",
     "scale_gradients",
@@ -75,6 +76,44 @@ class OptimizerConfig:
             raise ValueError("--adam_betas needs two values")
 
 
+class AdamW(torch.optim.AdamW):
+    """``torch.optim.AdamW`` with ONE step count for all parameters, as in the reference's optimizers (apex FusedAdam
+    V2 keeps the step count in the param group; the mixed-precision flat Adam steps every parameter).
+
+    A parameter without a gradient in an update (a layer that LayerDrop dropped, the encoder during
+    ``--freeze_finetune_updates``, the frozen feature extractor) is not moved and its moments are kept, as apex V2
+    skips it, but its step count advances with the others'. So when its gradients (re)start, Adam's bias correction is
+    the group's, ``1 - beta**t`` with the run's t, not a fresh start at t = 1: after a 10,000-update freeze the
+    encoder's first update is ``0.1 g / sqrt(0.02 g^2) = 0.71`` lr-units per coordinate, as the reference's, not 1.
+    (torch's own AdamW counts steps per parameter and restarts them.)
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            stepped = next((p for p in group["params"] if p.grad is not None), None)
+            if stepped is None:
+                continue
+            reference_step = self.state[stepped]["step"]
+            behind = []
+            for p in group["params"]:
+                if p.grad is not None:
+                    continue
+                state = self.state[p]
+                if "step" in state:
+                    behind.append(state["step"])
+                else:  # no gradient yet: zero moments at the group's step count (step() then finds them)
+                    state["step"] = reference_step.clone()
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if group.get("amsgrad"):
+                        state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if behind:
+                torch._foreach_add_(behind, 1.0)
+        return loss
+
+
 def nvidia_apex_fused_adam():
     """Return NVIDIA apex's ``FusedAdam`` class, or None when apex is absent or is another package named apex."""
     try:
@@ -113,10 +152,10 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
         opt = apex_cls(plist, adam_w_mode=True, **kwargs)
         name = "apex.FusedAdam"
     elif fused_device and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in plist):
-        opt = torch.optim.AdamW(plist, fused=True, **kwargs)
+        opt = AdamW(plist, fused=True, **kwargs)
         name = "torch.AdamW(fused)"
     else:
-        opt = torch.optim.AdamW(plist, foreach=True, **kwargs)
+        opt = AdamW(plist, foreach=True, **kwargs)
         name = "torch.AdamW(foreach)"
     opt.implementation_name = name  # type: ignore[attr-defined]
     return opt

@@ -51,11 +51,14 @@ def test_frozen_parameters_excluded():
 
 
 def _hand_adamw(p, grads, lr, b1, b2, eps, wd):
-    """The §5.4 apex-V2 update written out with numpy."""
+    """The §5.4 apex-V2 update written out with numpy. A gradient of None (no gradient in that update) skips the
+    parameter, moments and weight decay included, while the step count t, kept per group, still advances."""
     p = p.copy()
     m = np.zeros_like(p)
     v = np.zeros_like(p)
     for t, g in enumerate(grads, start=1):
+        if g is None:
+            continue
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         mh, vh = m / (1 - b1 ** t), v / (1 - b2 ** t)
@@ -256,3 +259,55 @@ def test_fused_adamw_on_cpu_matches_hand_formula():
         opt.step()
     hand = _hand_adamw(np.array([0.5, -1.0, 2.0]), grads, 1e-2, 0.9, 0.98, 1e-6, 0.01)
     np.testing.assert_allclose(p.detach().numpy(), hand, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,name,device", [
+    (torch.float64, "torch.AdamW(foreach)", "cpu"), (torch.float32, "torch.AdamW(fused)", "cpu"),
+    pytest.param(torch.float32, "torch.AdamW(fused)", "cuda",
+                 marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+])
+def test_parameters_without_gradients_keep_the_groups_step_count(dtype, name, device):
+    """One step count for the group, as apex FusedAdam V2 keeps it (REFERENCE.md §5.4): a parameter skipped in an
+    update (LayerDrop) is not moved but its t advances; one frozen for the first updates (the encoder during
+    --freeze_finetune_updates) starts with zero moments at the group's t, so its first update is 0.1 g / sqrt(0.02 g^2)
+    = 0.71 lr per coordinate after a long freeze, not torch's fresh-start 1.0. Hand formula with explicit None steps; also across a
+    state_dict round trip (resume)."""
+    rng = np.random.default_rng(3)
+    start = [np.array([0.5, -1.0, 2.0]), np.array([1.0, -2.0]), np.array([0.25, 0.75])]
+    dropped = [rng.standard_normal(3), None, rng.standard_normal(3), None, rng.standard_normal(3), rng.standard_normal(3)]
+    frozen = [None, None, None, None, rng.standard_normal(2), rng.standard_normal(2)]
+    always = [rng.standard_normal(2) for _ in range(6)]
+    schedules = [dropped, frozen, always]
+    lr, wd = 1e-2, 0.01
+
+    def run(steps, params=None, opt=None):
+        params = params or [torch.nn.Parameter(torch.tensor(x, dtype=dtype, device=device)) for x in start]
+        opt = opt or build_optimizer(params, OptimizerConfig(lr=lr, weight_decay=wd, implementation="torch"))
+        for k in steps:
+            for p, sched in zip(params, schedules):
+                p.grad = None if sched[k] is None else torch.tensor(sched[k], dtype=dtype, device=device)
+            opt.step()
+        return params, opt
+
+    params, opt = run(range(6))
+    assert opt.implementation_name == name
+    tol = dict(rtol=1e-10, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for p, x, sched in zip(params, start, schedules):
+        np.testing.assert_allclose(p.detach().cpu().numpy(), _hand_adamw(x, sched, lr, 0.9, 0.98, 1e-6, wd), **tol)
+        assert float(opt.state[p]["step"]) == 6
+    # the first update of the once-frozen parameter, by itself (decay aside): bias correction at t = 5, where
+    # torch's own AdamW would restart at t = 1 and move it by exactly 1 lr per coordinate
+    p5, _ = run(range(5))
+    p4, _ = run(range(4))
+    first_move = (p4[1].detach() * (1 - lr * wd) - p5[1].detach()).cpu().numpy() / lr
+    expected = (0.1 / (1 - 0.9 ** 5)) / math.sqrt(0.02 / (1 - 0.98 ** 5))  # 0.535; 0.71 for large t
+    np.testing.assert_allclose(np.abs(first_move), expected, rtol=2e-3)
+    # resume after 3 updates (the frozen parameter has no moments of its own yet): the same end point
+    head, opt_head = run(range(3))
+    saved = opt_head.state_dict()
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in head]
+    opt_resumed = build_optimizer(resumed, OptimizerConfig(lr=lr, weight_decay=wd, implementation="torch"))
+    opt_resumed.load_state_dict(saved)
+    run(range(3, 6), resumed, opt_resumed)
+    for p, q in zip(params, resumed):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=0)
