@@ -794,3 +794,30 @@ def test_validation_groups_batches_like_training(tiny_corpus, tmp_path, mode):
     # 8 validation utterances, one per batch (--batch_size_valid 1): groups of 3, 3 and the trailing 2
     assert groups == [[1, 1, 1], [1, 1, 1], [1, 1]]
     assert sorted(i for batch in valid for i in batch["id"].tolist()) == list(range(8))
+
+
+def test_sigterm_to_the_whole_process_group_saves_with_dataloader_workers(tiny_corpus, tmp_path):
+    """A scheduler's stop (Slurm, Kubernetes: SIGTERM to every process of the job) with --num_workers 2: the workers
+    must survive it until the trainer has finished the update and saved (torch's workers died of it, and the run
+    ended with a DataLoader error and nothing saved)."""
+    out = str(tmp_path / "run")
+    args = _pretrain_args(tiny_corpus, out, "--num_workers", "2", "--max_update", "1000")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "iter" in line and "loss" in line:  # training (and its workers) are running
+                os.killpg(proc.pid, signal.SIGTERM)
+                break
+        lines.extend(proc.stdout)
+        assert proc.wait(timeout=120) == 0, "".join(lines[-30:])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(lines)
+    assert "Signal 15 received" in text
+    saved = [f for f in os.listdir(out) if f.startswith("wav2vec2_update")]
+    assert len(saved) == 1, (saved, text[-2000:])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional
 
@@ -38,6 +39,18 @@ from common.data.errors import DataError
 from common.data.sampler import BatchPlan, ShardedBatchSampler, balance_for_ranks
 
 logger = logging.getLogger(__name__)
+
+
+def _worker_leaves_stop_signals_to_the_trainer(worker_id: int) -> None:  # noqa: ARG001
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM, SIGINT and SIGUSR1. A job scheduler stops a job with
+    SIGTERM to its whole process group (Slurm, Kubernetes, ``kill -- -PGID``); torch's workers would die of it and
+    the main process would fail on its next batch before the trainer had saved. Ignoring it, they keep serving
+    batches until the trainer finishes the update, saves and shuts the loader down (workers also exit when the main
+    process is gone)."""
+    for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _cgroup_cpu_limit(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> Optional[int]:
@@ -213,6 +226,7 @@ class AudioLoader:
             pin_memory=pin,
             persistent_workers=bool(config.persistent_workers) and workers > 0,
             prefetch_factor=config.prefetch_factor if workers > 0 else None,
+            worker_init_fn=_worker_leaves_stop_signals_to_the_trainer if workers > 0 else None,
         )
 
     def __len__(self) -> int:
