@@ -490,7 +490,27 @@ def hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         if mapped is None:
             raise ValueError(f"no HuggingFace name for parameter {key}")
         out["wav2vec2." + mapped] = value
+    projection = "wav2vec2.feature_projection.projection."
+    if projection + "weight" not in out:
+        # fairseq builds no post_extract_proj when the last conv width equals encoder_embed_dim; HF always has the
+        # layer, and would fill a missing one at random: export the identity it stands for
+        norm = out["wav2vec2.feature_projection.layer_norm.weight"]
+        out[projection + "weight"] = torch.eye(norm.numel(), dtype=norm.dtype, device=norm.device)
+        out[projection + "bias"] = torch.zeros_like(norm)
     return out
+
+
+def _drop_identity_projection(sd: dict[str, torch.Tensor], cfg: Wav2Vec2Config, prefix: str) -> None:
+    """An HF feature projection that is exactly the identity (what :func:`hf_state_dict` writes for a model without
+    ``post_extract_proj``) is dropped when the architecture has none; any other one is left for the loader to
+    refuse."""
+    if cfg.conv_layers[-1][0] != cfg.encoder_embed_dim:
+        return
+    weight, bias = sd.get(prefix + "post_extract_proj.weight"), sd.get(prefix + "post_extract_proj.bias")
+    if weight is None or bias is None or weight.shape[0] != weight.shape[-1]:
+        return
+    if torch.equal(weight, torch.eye(weight.shape[0], dtype=weight.dtype)) and not bias.any():
+        del sd[prefix + "post_extract_proj.weight"], sd[prefix + "post_extract_proj.bias"]
 
 
 def from_hf_state_dict(sd: Mapping[str, torch.Tensor], extractor_mode: str = "default") -> dict[str, torch.Tensor]:
@@ -645,6 +665,7 @@ def _load_hf_dir(path: str) -> LoadedCheckpoint:
     cfg = config_from_hf(hf_cfg)
     sd = from_hf_state_dict(hf_sd, cfg.extractor_mode)
     kind = _kind_from_state(sd)
+    _drop_identity_projection(sd, cfg, CTC_PREFIX if kind == "ctc" else "")
     if kind == "pretrain" and not any(k.startswith("quantizer.") for k in sd):
         raise CheckpointError(f"{path}: a bare Wav2Vec2Model without pretraining heads is not supported; use ForPreTraining/ForCTC")
     model = _build(cfg, kind, sd, path)
