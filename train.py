@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)
-    except (DataError, OSError, UnreadableCheckpointsError) as exc:
+    except (DataError, OSError, UnreadableCheckpointsError, FloatingPointError) as exc:
         # a file read or written during the run (an audio file, the output directory, every checkpoint unreadable):
-        # one line naming it; the trainer has saved what it could
+        # one line naming it; the trainer has saved what it could. Also a run stopped for non-finite losses
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
 

@@ -52,6 +52,11 @@ class TrainingTask(Protocol):
         ...
 
 
+#: ``--on_nonfinite_loss skip`` gives up after this many consecutive skipped updates (the FP16 loss scaler, starting
+#: at 128, would reach its 1e-4 floor after about 20 overflows in a row)
+MAX_CONSECUTIVE_NONFINITE = 20
+
+
 @dataclass
 class TrainerConfig:
     """Loop settings (reference flag names)."""
@@ -183,6 +188,7 @@ class Trainer:
         self.update_losses: list[float] = []  # per-update normalised training loss (tests, curves)
         self._stop = False  # stop after this update: decided identically on every rank
         self._stop_requested = False  # a signal reached this process; the ranks agree on it in the next update
+        self._nonfinite_run = 0  # consecutive updates skipped for a non-finite loss
         self._last_val: dict = {}
         self.sync = torch.cuda.synchronize if env.device.type == "cuda" else None
 
@@ -382,6 +388,13 @@ class Trainer:
             skipped_reason = "non-finite loss" if nonfinite else "empty update (sample size 0)"
             if nonfinite and cfg.on_nonfinite_loss == "stop":
                 raise FloatingPointError(f"non-finite training loss at update {step}; stopping (--on_nonfinite_loss stop)")
+            if nonfinite:
+                self._nonfinite_run += 1
+                if self._nonfinite_run >= MAX_CONSECUTIVE_NONFINITE:
+                    raise FloatingPointError(
+                        f"{self._nonfinite_run} consecutive updates (to update {step}) had a non-finite loss and were "
+                        f"skipped: the weights (non-finite values in --w2v_path or the resumed checkpoint?) or the "
+                        f"data are broken; stopping with nothing applied since update {step - self._nonfinite_run}")
         else:
             scale_gradients(self.params, 1.0 / (sample_size * loss_scale))
             grad_norm = clip_grad_norm(self.params, cfg.clip_norm)
@@ -389,6 +402,7 @@ class Trainer:
             if res.skipped:
                 skipped_reason = res.reason
         if skipped_reason is None:
+            self._nonfinite_run = 0
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model)

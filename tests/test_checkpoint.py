@@ -212,6 +212,54 @@ def test_truncated_missing_and_unknown_files(tmp_path):
         load_model(str(tmp_path))
 
 
+def _damage_member(path: str, member_suffix: str, pattern: bytes = b"\xff" * 64) -> None:
+    """Overwrite the first bytes of a zip member's stored data in place (the zip's own structure stays intact, as
+    after a bad disk block or an interrupted copy of one region)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(member_suffix))
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        original = f.read(len(pattern))
+        assert original != pattern
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        f.write(pattern)
+
+
+def test_damage_inside_a_tensor_is_caught_by_the_zip_crc(tmp_path):
+    """torch.load does not verify the CRC-32 that its zip format stores per member: 64 bytes of a weight tensor
+    overwritten load as silently different weights. read_checkpoint checks the CRCs and names file and member."""
+    model = _models()["pretrain"]
+    path = str(tmp_path / "damaged.pt")
+    torch.save(model_checkpoint(model), path)
+    _damage_member(path, "data/3")
+    loaded = torch.load(path, weights_only=False)  # torch itself does not notice
+    assert any(not torch.equal(v, loaded["model"][k]) for k, v in model.state_dict().items())
+    with pytest.raises(CheckpointError, match=r"damaged\.pt is corrupt: .*data/3 fails its CRC check"):
+        read_checkpoint(path)
+
+
+def test_non_finite_weights_and_non_checkpoint_files_are_refused(tmp_path):
+    """NaN weights (e.g. 0xFF bytes written by a failing disk, or a diverged run's save) would make every update skip
+    or every transcript garbage: refused with the tensor's name. A text file named .pt: one error, no traceback."""
+    model = _models()["pretrain"]
+    ckpt = model_checkpoint(model)
+    ckpt["model"]["encoder.layers.0.fc1.weight"][0, :3] = float("nan")
+    path = str(tmp_path / "nan.pt")
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"nan\.pt: model weight encoder\.layers\.0\.fc1\.weight has 3 non-finite"):
+        read_checkpoint(path)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello\nworld\n")
+    with pytest.raises(CheckpointError, match=r"notes\.pt is not a torch checkpoint"):
+        read_checkpoint(str(text))
+
+
 def test_mismatched_weights_are_reported(tmp_path):
     model = _models()["pretrain"]
     ckpt = model_checkpoint(model)

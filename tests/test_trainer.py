@@ -405,6 +405,23 @@ def test_nonfinite_loss_policy_with_the_runs_health_monitor(tmp_path, policy):
     assert all(math.isfinite(float(p.detach().sum())) for p in model.parameters())
 
 
+def test_skipping_gives_up_after_twenty_consecutive_non_finite_updates(tmp_path):
+    """--on_nonfinite_loss skip with weights or data that give NaN at every update (a checkpoint with NaN weights
+    once ran all its updates skipped and ended with exit 0, having trained nothing): isolated NaN updates are skipped,
+    20 in a row stop the run, naming the last applied update."""
+    from common.trainer import MAX_CONSECUTIVE_NONFINITE
+
+    assert MAX_CONSECUTIVE_NONFINITE == 20
+    ref = [None]
+    # update 2 alone is NaN (skipped, the count restarts at update 3); from update 5 on every update is NaN
+    task = _NanTask(ref, bad={2} | set(range(5, 100)))
+    trainer, model, logger = _toy_trainer(tmp_path, task, max_update=60, no_save=True)
+    ref[0] = trainer
+    trainer.print = lambda *a, **k: None
+    with pytest.raises(FloatingPointError, match=r"20 consecutive updates \(to update 24\).*since update 4"):
+        trainer.fit()
+
+
 @pytest.mark.parametrize("layout", ["mixed_precision", "fp32_fused_adam"])
 def test_resume_from_a_reference_training_checkpoint(tmp_path, layout):
     """A checkpoint in the reference trainer's layout (REFERENCE.md 2.2), written by hand from a run of ours: the

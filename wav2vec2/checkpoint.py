@@ -23,6 +23,7 @@ import os
 import pickle
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -187,6 +188,7 @@ def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
         raise CheckpointError(f"{path} is a directory; load_model() reads HuggingFace directories")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
+    _check_zip_integrity(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -201,9 +203,39 @@ def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {exc2}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. a text file: torch's legacy unpickler fails in many ways
+        raise CheckpointError(f"{path} is not a torch checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} does not hold a checkpoint dictionary (found {type(obj).__name__})")
-    return _plain(obj)
+    obj = _plain(obj)
+    for entry in ("model", "ema_model"):
+        _check_finite(obj.get(entry), path, entry)
+    return obj
+
+
+def _check_zip_integrity(path: str) -> None:
+    """torch's zip checkpoints carry a CRC-32 per member, which ``torch.load`` does not verify: damage inside a
+    tensor (a bad disk block, an interrupted copy) would load as silently wrong weights. One read of the file."""
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy format, or not a checkpoint at all: torch.load tells
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {exc}") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {bad} fails its CRC check (a damaged copy?)")
+
+
+def _check_finite(state: Any, path: str, entry: str) -> None:
+    """Weights with NaN or infinity would make every update skip (training) or every output garbage (inference)."""
+    if not isinstance(state, Mapping):
+        return
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"checkpoint {path}: {entry} weight {name} has {bad} non-finite value(s) "
+                                  f"(NaN or infinity) of {value.numel()}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
