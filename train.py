@@ -14,6 +14,7 @@ import argparse
 import os
 import random
 import sys
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,6 +79,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--fp16 and --bf16 are mutually exclusive")
     if mode == "finetune" and not args.w2v_path and not args.resume:
         parser.error("finetune needs --w2v_path (the pretrained checkpoint)")
+    if args.lr_policy == "exp" and args.lr_exp_decay is None and args.final_lr_scale <= 0:
+        parser.error(f"--lr_policy exp decays towards --final_lr_scale x lr, which must be > 0 (got "
+                     f"{args.final_lr_scale}; the fine-tuning recipes use 0.05), or give --lr_exp_decay")
     return args
 
 
@@ -137,6 +141,34 @@ def build_loaders(args, cfg, dictionary, env):
             filter_long=args.skip_invalid_size_inputs_valid_test, num_workers=min(args.num_workers, 2),
         ), world_size=env.world_size, rank=env.rank)
     return train_loader, valid_loader
+
+
+#: flags that steer one job, not the training itself: not reported when they change between a run and its resume
+JOB_FLAGS = frozenset({
+    "resume", "ckpt", "output_dir", "log_file", "epochs_this_job", "updates_this_job", "num_workers", "log_frequency",
+    "local_rank", "cpu", "device", "no_save", "save_interval_updates", "save_frequency", "keep_milestones",
+    "allow_data_plan_change", "benchmark_epochs_num", "max_update",  # max_update: the trainer says what it changes
+})
+
+
+def changed_flags(saved_args: Any, args: argparse.Namespace) -> list[str]:
+    """``--flag old -> new`` for every training flag whose value differs from the one the checkpoint was saved with
+    (its ``args``: a dict, or a Namespace in NVIDIA's checkpoints); flags the checkpoint does not know are left out."""
+    saved = vars(saved_args) if isinstance(saved_args, argparse.Namespace) else saved_args
+    if not isinstance(saved, dict):
+        return []
+    out = []
+    for name, value in vars(args).items():
+        if name in JOB_FLAGS or name not in saved:
+            continue
+        old = saved[name]
+        if isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):
+            same = list(old) == list(value)
+        else:
+            same = old == value
+        if not same:
+            out.append(f"--{name} {old} -> {value}")
+    return out
 
 
 def health_config(args: argparse.Namespace, latent_groups: int) -> HealthConfig:
@@ -262,6 +294,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             if resumed is not None:
                 print_fn(f"Resuming from {resumed[0]}")
+                changed = changed_flags(resumed[1].get("args"), args)
+                if changed:
+                    print_fn(f"Note: flags changed since {resumed[0]} (the run continues with the new values): "
+                             + ", ".join(changed))
                 trainer.load_state_dict(resumed[1], source=resumed[0])
             elif args.ckpt:
                 print_fn(f"Loading checkpoint {args.ckpt}")

@@ -208,6 +208,7 @@ class MetricLogger:
         for b in self.backends:
             if b.verbosity >= verbosity:
                 b.log(ts, el, step_out, data_out)
+                b.flush()  # on disk at once: a killed job (SIGKILL, OOM, node loss) keeps every record it logged
 
     def log_parameters(self, params: Mapping[str, Any]) -> None:
         """Every argument as its own PARAMETER record, ``{"step": "PARAMETER", "data": {name: value}}``, in the

@@ -227,6 +227,15 @@ class Trainer:
         if isinstance(saved_max, int) and saved_max != self.cfg.max_update:
             self.print(f"Note: {source} was saved by a run with --max_update {saved_max}; this run has "
                        f"{self.cfg.max_update}, and the learning-rate schedule follows the new value")
+        own = self.model.state_dict()
+        other_shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in ckpt["model"].items()
+                        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
+        if other_shapes:
+            key, theirs, ours = other_shapes[0]
+            raise RuntimeError(f"{source} holds a model of another size: {len(other_shapes)} weight(s) differ in shape, "
+                               f"e.g. {key} is {list(theirs)} there and {list(ours)} here; run with the architecture "
+                               "flags (--preset, --encoder_layers, ...) it was trained with, or give this run its own "
+                               "--output_dir")
         missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         if missing or unexpected:
             raise RuntimeError(f"{source}: model weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -246,6 +255,8 @@ class Trainer:
             best_val_loss=float(ts.get("best_val_loss", math.inf)),
             best_val_wer=float(ts.get("best_val_wer", math.inf)),
         )
+        if hasattr(self.model, "set_num_updates"):  # the Gumbel temperature and the freeze counter follow the step
+            self.model.set_num_updates(self.state.step)
         if ckpt.get("data"):
             try:
                 changed = self.train_loader.load_state_dict(ckpt["data"],

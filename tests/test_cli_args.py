@@ -260,3 +260,14 @@ def test_our_own_flags_are_marked_in_the_help(entry):
         if "(ours)" not in (action.help or "") and "(ours)" not in titles[id(action)]:
             unmarked.append(names[0])
     assert unmarked == []
+
+
+def test_exp_schedule_without_a_final_scale_is_refused_at_parse_time(capsys):
+    """--lr_policy exp decays to --final_lr_scale x lr; with the default 0 it has no decay rate: one error line
+    before the model and the data are built (it was a traceback from the scheduler)."""
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(["pretrain", "--output_dir", "out", "--lr_policy", "exp"])
+    assert exc.value.code == 2
+    assert "--final_lr_scale" in capsys.readouterr().err
+    assert train.parse_args(["pretrain", "--output_dir", "out", "--lr_policy", "exp", "--final_lr_scale", "0.05"])
+    assert train.parse_args(["pretrain", "--output_dir", "out", "--lr_policy", "exp", "--lr_exp_decay", "0.999"])

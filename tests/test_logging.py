@@ -257,3 +257,15 @@ def test_plot_cli(tmp_path):
 def test_plot_cli_missing_file(tmp_path, capsys):
     assert plot_main([str(tmp_path / "nope.json")]) == 2
     assert "no such log file" in capsys.readouterr().err
+
+
+def test_every_record_is_on_disk_as_soon_as_it_is_logged(tmp_path):
+    """A job killed without warning (SIGKILL, the OOM killer, a lost node) keeps every record it had logged: the
+    JSON log is flushed per record, not only at the end of training."""
+    path = str(tmp_path / "nvlog.json")
+    logger = MetricLogger([JSONStreamWriter(wlog.Verbosity.VERBOSE, path)], clock=Clock())
+    logger.log((1, 1, 10), {"train_loss": 7.0})
+    logger.log((1, 2, 10), {"train_loss": 6.5})
+    on_disk = [json.loads(line[len("DLLL "):]) for line in open(path).read().splitlines()]  # logger still open
+    assert [r["data"]["train_loss"] for r in on_disk] == [7.0, 6.5]
+    logger.close()

@@ -838,3 +838,37 @@ def test_sigterm_to_the_whole_process_group_saves_with_dataloader_workers(tiny_c
     assert "Signal 15 received" in text
     saved = [f for f in os.listdir(out) if f.startswith("wav2vec2_update")]
     assert len(saved) == 1, (saved, text[-2000:])
+
+
+def test_resume_states_what_changed_and_refuses_another_model_size_in_one_line(tmp_path):
+    """Resuming: a checkpoint of another model size is one sentence naming a differing weight (it was torch's
+    73-line size-mismatch dump); the model's update counter (Gumbel temperature, freeze counter) is set to the
+    saved step at once, so a validation before the first new update logs the right temperature; changed training
+    flags are listed, job-control ones are not."""
+    import argparse
+
+    import train
+
+    trainer, model, _ = _toy_trainer(tmp_path, _ToyTask(), max_update=3, validate=False)
+    trainer.fit()
+    ckpt = trainer.state_dict()
+    wider, _, _ = _toy_trainer(tmp_path / "b", _ToyTask(), max_update=5, validate=False)
+    wider.model = torch.nn.Linear(3, 4)
+    with pytest.raises(RuntimeError) as err:
+        wider.load_state_dict(ckpt, source="wav2vec2_update3.pt")
+    assert str(err.value).count("\n") == 0
+    assert "wav2vec2_update3.pt holds a model of another size: 2 weight(s)" in str(err.value)
+    assert "weight is [2, 3] there and [4, 3] here" in str(err.value)
+
+    seen = []
+    same, _, _ = _toy_trainer(tmp_path / "c", _ToyTask(), max_update=5, validate=False)
+    same.model.set_num_updates = seen.append
+    same.load_state_dict(ckpt)
+    assert seen == [3]
+
+    saved = {"lr": [0.0005], "mask_prob": 0.65, "seed": 1, "num_workers": 6, "output_dir": "a", "max_update": 10}
+    now = argparse.Namespace(lr=[0.001], mask_prob=0.65, seed=1, num_workers=2, output_dir="b", max_update=20,
+                             torch_compile=False)
+    assert train.changed_flags(saved, now) == ["--lr [0.0005] -> [0.001]"]
+    assert train.changed_flags(argparse.Namespace(**saved), now) == ["--lr [0.0005] -> [0.001]"]
+    assert train.changed_flags(None, now) == []
