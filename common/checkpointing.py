@@ -8,6 +8,7 @@ never leaves a broken checkpoint behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from typing import Any, Callable, Iterable, Optional
@@ -24,18 +25,40 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
+    def remove_tmp() -> None:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        # torch's zip writer reports a failed write (a full disk, a quota) as "[enforce fail at inline_container.cc]
+        # unexpected pos ...", with the OSError only in the exception chain: one OSError naming the file instead
+        remove_tmp()
+        cause = _os_error_in_chain(exc)
+        if cause is not None:
+            raise OSError(cause.errno, f"could not write checkpoint: {cause.strerror or cause}", path) from exc
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OSError(errno.EIO, f"could not write checkpoint ({first_line})", path) from exc
     except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        remove_tmp()
         raise
+
+
+def _os_error_in_chain(exc: BaseException) -> Optional[OSError]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class Checkpointer:

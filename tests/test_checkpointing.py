@@ -120,3 +120,27 @@ def test_no_checkpoint_gives_none_but_only_unreadable_ones_are_an_error(tmp_path
     with pytest.raises(UnreadableCheckpointsError, match="wav2vec2_update5.pt") as info:
         Checkpointer(str(tmp_path), log=lambda *_: None).load_latest(read_checkpoint)
     assert "--ckpt" in str(info.value) and "wav2vec2_best.pt" in str(info.value)
+
+
+def test_a_full_disk_is_one_os_error_naming_the_checkpoint(tmp_path, monkeypatch):
+    """torch's zip writer turns a failed write into "[enforce fail at inline_container.cc] unexpected pos", with
+    "No space left on device" only in the exception chain. The save becomes one OSError naming the checkpoint
+    and the cause (train.py prints it as one line), and the earlier checkpoint is untouched. /dev/full is a real
+    full disk: every write fails with ENOSPC."""
+    import builtins
+    import errno
+
+    import common.checkpointing as checkpointing
+
+    path = str(tmp_path / "wav2vec2_update2.pt")
+    checkpointing.atomic_torch_save({"model": {"w": torch.ones(3)}}, path)
+    real_open = builtins.open
+    monkeypatch.setattr(checkpointing, "open", lambda name, mode="r", *a, **k: real_open("/dev/full", mode),
+                        raising=False)
+    with pytest.raises(OSError) as err:
+        checkpointing.atomic_torch_save({"model": {"w": torch.zeros(10000)}}, path)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == path
+    assert "could not write checkpoint: No space left on device" in str(err.value)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["wav2vec2_update2.pt"]
