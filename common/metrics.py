@@ -346,6 +346,7 @@ class MetricsAggregator:
         self._pending: List[Tuple[str, Any, str]] = []  # logged entries not read yet (see ``log``)
         self._scopes: Dict[str, _Scope] = {}
         self._benchmark: Dict[str, List[float]] = {}
+        self._saved_scopes: Dict[str, Dict[str, Any]] = {}  # from a loaded checkpoint, until resume_scopes
 
     # ---- partials
     def log(self, stats: Mapping[str, Any]) -> None:
@@ -517,9 +518,37 @@ class MetricsAggregator:
         """``{"<scope>_<key>": value}`` for the spec's dllogger keys present in ``results`` (reference order)."""
         return {f"{scope}_{k}": results[k] for k in self.spec.dllogger_keys if k in results}
 
+    #: the scopes a checkpoint taken between two updates carries over: the epoch so far and the current log window
+    RESUMABLE_SCOPES = ("train_avg", "train")
+
     def state_dict(self) -> Dict[str, Any]:
-        """The benchmark history (the only state that outlives an epoch)."""
-        return {"benchmark": {k: list(v) for k, v in self._benchmark.items()}}
+        """The benchmark history, and the sums of the open training scopes (their time so far included), so that
+        a job resumed in the middle of an epoch logs the same epoch average and log windows as an uninterrupted
+        run (:meth:`resume_scopes`)."""
+        scopes = {}
+        for name in self.RESUMABLE_SCOPES:
+            scope = self._scopes.get(name)
+            if scope is not None and scope.active:
+                running = self._clock() - scope.timer_start if scope.timer_start is not None else 0.0
+                scopes[name] = {"sums": dict(scope.sums), "counts": dict(scope.counts), "took": scope.took + running}
+        return {"benchmark": {k: list(v) for k, v in self._benchmark.items()}, "scopes": scopes}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._benchmark = {k: list(v) for k, v in state.get("benchmark", {}).items()}
+        self._saved_scopes = {k: dict(v) for k, v in state.get("scopes", {}).items()}
+
+    def resume_scopes(self, apply: bool = True) -> bool:
+        """Add the sums and time of the scopes saved in the loaded checkpoint into the (just started) scopes of the
+        same names, once: when a job continues an epoch part-way through (``apply``); otherwise they are dropped.
+        True if the epoch's average (``train_avg``) was carried over."""
+        saved, self._saved_scopes = self._saved_scopes, {}
+        if not apply:
+            return False
+        for name, st in saved.items():
+            scope = self._scopes.get(name)
+            if scope is None:
+                continue
+            scope.sums.update({k: float(v) for k, v in st.get("sums", {}).items()})
+            scope.counts.update({k: float(v) for k, v in st.get("counts", {}).items()})
+            scope.took += float(st.get("took", 0.0))
+        return "train_avg" in saved  # the epoch has an average to finish (not after an epoch end already logged)

@@ -503,8 +503,10 @@ class Trainer:
             done_in_epoch = loader.batch_in_epoch // cfg.update_freq
             self.metrics.start_scope("train_avg", sync=True)
             self.metrics.start_scope("train", timer=False)
+            # a job that continues an epoch part-way through carries on its epoch average and log window (a
+            # checkpoint's scopes are used, or dropped, at the first epoch start after loading it)
+            ran_in_epoch = self.metrics.resume_scopes(apply=loader.batch_in_epoch > 0)
             it = iter(loader)
-            ran_in_epoch = False
             while done_in_epoch < steps_per_epoch and self.state.step < cfg.max_update:
                 position = loader.batch_in_epoch
                 self.metrics.start_timer("train")
@@ -533,7 +535,7 @@ class Trainer:
                     self.print(f"Stopped at update {self.state.step}; resume with --resume")
                     return self.state
             del it
-            if ran_in_epoch:  # (a job resumed at the very end of an epoch has no epoch average of its own)
+            if ran_in_epoch:  # (one resumed at the end of an epoch has one only if its checkpoint carried it)
                 res = self.metrics.finish_scope("train_avg", sync=True)
                 self._log("train_avg", (epoch,), res, self.metrics)
             best = False

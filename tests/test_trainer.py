@@ -63,6 +63,19 @@ def _val_loss_per_update(out_dir: str) -> dict[int, float]:
     return losses
 
 
+def _epoch_averages(out_dir: str) -> dict[int, dict[str, float]]:
+    """The train_avg records by epoch, without their timing (the last record of an epoch wins)."""
+    avgs: dict[int, dict[str, float]] = {}
+    with open(os.path.join(out_dir, "nvlog.json")) as f:
+        for line in f:
+            if line.startswith("DLLL "):
+                rec = json.loads(line[5:])
+                step, data = rec.get("step"), rec.get("data", {})
+                if isinstance(step, list) and len(step) == 1 and "train_avg_loss" in data:
+                    avgs[step[0]] = {k: v for k, v in data.items() if not k.endswith(("took", "ntokens/s"))}
+    return avgs
+
+
 def test_kill_and_resume_equals_uninterrupted(tiny_corpus, tmp_path):
     """FP32 on CPU, with dropout, LayerDrop, masks, negatives and Gumbel noise: bitwise identical per-update losses,
     and identical validation losses. A positional convolution of 32 taps validates through the CPU FFT path, whose
@@ -81,6 +94,9 @@ def test_kill_and_resume_equals_uninterrupted(tiny_corpus, tmp_path):
     assert a == b  # exact equality of every update's loss
     val_a, val_b = _val_loss_per_update(full), _val_loss_per_update(cut)
     assert len(val_a) >= 2 and val_a == val_b
+    # epoch averages: a job that continued an epoch part-way through averages the whole epoch, as the straight run
+    avg_a, avg_b = _epoch_averages(full), _epoch_averages(cut)
+    assert sorted(avg_a) == [1, 2] and avg_a == avg_b
     wa = torch.load(os.path.join(full, "wav2vec2_update8.pt"), weights_only=True)["model"]
     wb = torch.load(os.path.join(cut, "wav2vec2_update8.pt"), weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
