@@ -311,6 +311,31 @@ def beam_decode(result, decoder, progress=None, sample_rate: int = 16000, keep_l
 # ----------------------------------------------------------------------------------------------- main
 
 
+def _check_min_length(dataset, conv_layers, single_file: bool) -> None:
+    """An utterance shorter than the feature extractor's input for one frame has nothing to transcribe (and would
+    stop the model with a traceback naming no file): an InferenceError naming the file and its filelist line."""
+    import numpy as np
+
+    from common.data.batching import min_input_samples
+    from common.data.errors import first_few
+
+    need = min_input_samples(conv_layers)
+    short = np.flatnonzero(np.asarray(dataset.sizes) < need)
+    if len(short) == 0:
+        return
+    m = dataset.manifest
+    if single_file:
+        raise InferenceError(f"audio file {m.audio_path(0)} has {int(m.sizes[0])} samples, fewer than the {need} "
+                             "that give the model's feature extractor one frame: too short to transcribe")
+
+    def entry(i: int) -> str:
+        return f"{m.audio_path(i)} ({m.path}:{int(m.line_numbers[i])}, {int(m.sizes[i])} samples)"
+
+    raise InferenceError(f"{len(short)} utterance(s) shorter than the {need} samples that give the model's feature "
+                         f"extractor one frame (nothing to transcribe): {first_few(short, entry)}; remove them from "
+                         f"{m.path}")
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('ch') else 's'}"
 
@@ -414,6 +439,7 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
         raise InferenceError(str(exc)) from None
     if len(dataset) == 0:
         raise InferenceError(f"{tsv} lists no utterances")
+    _check_min_length(dataset, loaded.config.conv_layers, single_file=bool(args.transcribe_wav))
 
     batches = plan_batches(dataset.sizes, batch_size=args.batch_size, max_duration=args.max_duration,
                            sample_rate=args.sample_rate, drop_last=args.steps > 0 and args.max_duration is None)

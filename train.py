@@ -126,7 +126,8 @@ def build_loaders(args, cfg, dictionary, env):
         max_tokens=args.max_tokens, max_sentences=args.batch_size,
         required_batch_size_multiple=args.required_batch_size_multiple, max_sample_size=args.max_sample_size,
         pad=pad, num_batch_buckets=args.num_batch_buckets, num_concat_batches=args.num_concat_batches,
-        seed=args.seed, shuffle=True, filter_long=True, num_workers=args.num_workers,
+        seed=args.seed, shuffle=True, filter_long=True, num_workers=args.num_workers, conv_layers=cfg.conv_layers,
+        min_frames=1 if finetune else 2,  # pretraining: negatives come from an utterance's other masked frames
     ), world_size=env.world_size, rank=env.rank)
     valid_loader = None
     # validation groups --num_concat_batches batches per iteration as training does (and the reference: its val_*
@@ -139,6 +140,7 @@ def build_loaders(args, cfg, dictionary, env):
             required_batch_size_multiple=args.required_batch_size_multiple, max_sample_size=None, pad=pad,
             num_batch_buckets=0, num_concat_batches=args.num_concat_batches, seed=args.seed, shuffle=False,
             filter_long=args.skip_invalid_size_inputs_valid_test, num_workers=min(args.num_workers, 2),
+            conv_layers=cfg.conv_layers, min_frames=1 if finetune else 2,
         ), world_size=env.world_size, rank=env.rank)
     return train_loader, valid_loader
 

@@ -18,23 +18,23 @@ def _write(path, text):
 
 
 def test_parse_and_skip_short_entries_logs_counts(tmp_path, caplog):
-    tsv = _write(tmp_path / "train.tsv", "/audio/root \na.flac\t100\nb.flac\t5\nsub/c.flac\t50\nd.flac\t9\n")
+    tsv = _write(tmp_path / "train.tsv", f"{tmp_path} \na.flac\t100\nb.flac\t5\nsub/c.flac\t50\nd.flac\t9\n")
     with caplog.at_level(logging.INFO, logger="common.data.manifest"):
         m = load_manifest(tsv, min_sample_size=10)
     assert "loaded 2, skipped 2 samples" in caplog.text
-    assert m.root == "/audio/root"
+    assert m.root == str(tmp_path)
     assert m.files == ["a.flac", "sub/c.flac"]
     assert m.sizes.tolist() == [100, 50] and m.sizes.dtype == np.int64
     assert m.line_numbers.tolist() == [2, 4]
     assert m.skipped_indices.tolist() == [1, 3]
     assert m.num_entries == 4
-    assert m.audio_path(1) == "/audio/root/sub/c.flac"
+    assert m.audio_path(1) == f"{tmp_path}/sub/c.flac"
     assert len(load_manifest(tsv)) == 4  # no min_sample_size: everything kept
 
 
 @pytest.mark.parametrize("bad", ["a.flac 100", "a.flac\t100\textra", "a.flac\tten", "a.flac\t-3", ""])
 def test_malformed_line_names_file_and_line(tmp_path, bad):
-    tsv = _write(tmp_path / "x.tsv", f"/root\nok.flac\t10\n{bad}\nok2.flac\t10\n")
+    tsv = _write(tmp_path / "x.tsv", f"{tmp_path}\nok.flac\t10\n{bad}\nok2.flac\t10\n")
     with pytest.raises(DataError, match=r"x\.tsv:3"):
         load_manifest(tsv)
 
@@ -47,7 +47,7 @@ def test_missing_or_empty_manifest(tmp_path):
 
 
 def test_labels_aligned_after_skipping(tmp_path):
-    tsv = _write(tmp_path / "train.tsv", "/r\na.flac\t100\nb.flac\t5\nc.flac\t50\n")
+    tsv = _write(tmp_path / "train.tsv", f"{tmp_path}\na.flac\t100\nb.flac\t5\nc.flac\t50\n")
     ltr = _write(tmp_path / "train.ltr", "A |\n\nC |\n")  # the skipped entry's empty line is harmless
     lab = load_labels(ltr, load_manifest(tsv, min_sample_size=10))
     assert lab.lines == ["A |", "C |"]
@@ -55,14 +55,14 @@ def test_labels_aligned_after_skipping(tmp_path):
 
 
 def test_label_count_mismatch_names_both_files_and_counts(tmp_path):
-    tsv = _write(tmp_path / "train.tsv", "/r\na.flac\t100\nb.flac\t5\nc.flac\t50\n")
+    tsv = _write(tmp_path / "train.tsv", f"{tmp_path}\na.flac\t100\nb.flac\t5\nc.flac\t50\n")
     ltr = _write(tmp_path / "train.ltr", "A |\nB |\n")
     with pytest.raises(DataError, match=r"train\.ltr has 2 lines but manifest .*train\.tsv has 3 entries"):
         load_labels(ltr, load_manifest(tsv))
 
 
 def test_empty_transcript_names_file_and_line(tmp_path):
-    tsv = _write(tmp_path / "train.tsv", "/r\na.flac\t100\nb.flac\t50\n")
+    tsv = _write(tmp_path / "train.tsv", f"{tmp_path}\na.flac\t100\nb.flac\t50\n")
     ltr = _write(tmp_path / "train.ltr", "A |\n   \n")
     with pytest.raises(DataError, match=r"empty transcript at .*train\.ltr:2"):
         load_labels(ltr, load_manifest(tsv))

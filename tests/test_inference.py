@@ -386,3 +386,66 @@ def test_output_files_in_folders_still_to_make(setup, tmp_path, capsys):
                               "--save_predictions", str(blocker / "p.tsv")))
     err = capsys.readouterr()
     assert rc == 2 and "--save_predictions" in err.err and "Evaluating" not in err.out
+
+
+def test_audio_too_short_for_a_frame_is_one_line_naming_file_and_line(setup, tmp_path, capsys):
+    """An utterance shorter than the extractor's input for one frame (400 samples for this model, computed from its
+    convolutions: oracle, torch's conv1d output length) used to stop the model with a traceback naming no file."""
+    import numpy as np
+    import soundfile as sf
+    import torch.nn.functional as F
+
+    model = Wav2Vec2ForCTC(preset("tiny", **NO_DROP), len(setup["dictionary"]))
+
+    def frames(n):  # oracle: torch's conv1d with the model's kernels and strides
+        x = torch.zeros(1, 1, n)
+        for block in model.w2v_model.feature_extractor.conv_layers:
+            k, s = block.conv.kernel_size[0], block.conv.stride[0]
+            if x.shape[-1] < k:
+                return 0
+            x = F.conv1d(x, torch.zeros(1, 1, k), stride=s)
+        return x.shape[-1]
+
+    assert frames(399) == 0 and frames(400) == 1
+    data = _corpus_copy(setup, tmp_path)
+    rng = np.random.default_rng(0)
+    sf.write(str(data / "valid" / "utt003.flac"), (0.1 * rng.standard_normal(399)).astype(np.float32), 16000)
+    tsv = (data / "valid.tsv").read_text()
+    (data / "valid.tsv").write_text(re.sub(r"utt003\.flac\t\d+", "utt003.flac\t399", tsv))
+    common = ["--w2v_path", setup["ckpt"], "--num_workers", "0", "--cpu", "--batch_size", "2"]
+    assert inference.main([*common, "--data", str(data), "--valid_subset", "valid", "--output_dir",
+                           str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: 1 utterance(s) shorter than the 400 samples") and "Traceback" not in err
+    assert f"{data / 'valid' / 'utt003.flac'} ({data / 'valid.tsv'}:5, 399 samples)" in last
+    assert inference.main([*common, "--transcribe_filelist", str(data / "valid.tsv")]) == 2
+    assert f"({data / 'valid.tsv'}:5, 399 samples)" in capsys.readouterr().err
+    assert inference.main([*common, "--transcribe_wav", str(data / "valid" / "utt003.flac")]) == 2
+    err = capsys.readouterr().err
+    assert f"audio file {data / 'valid' / 'utt003.flac'} has 399 samples, fewer than the 400" in err
+    assert "listed at" not in err and "Traceback" not in err
+    sf.write(str(data / "valid" / "utt003.flac"), (0.1 * rng.standard_normal(400)).astype(np.float32), 16000)
+    assert inference.main([*common, "--transcribe_wav", str(data / "valid" / "utt003.flac")]) == 0  # one frame
+
+
+def test_non_utf8_dictionary_filelist_and_transcripts_name_file_and_line(setup, tmp_path, capsys):
+    data = _corpus_copy(setup, tmp_path)
+    common = ["--w2v_path", setup["ckpt"], "--data", str(data), "--valid_subset", "valid", "--output_dir",
+              str(tmp_path / "out"), "--num_workers", "0", "--cpu", "--batch_size", "2"]
+    dict_bytes = (data / "dict.ltr.txt").read_bytes().splitlines(keepends=True)
+    (data / "latin1.txt").write_bytes(b"".join(dict_bytes[:2]) + b"\xe9" + b"".join(dict_bytes[2:]))
+    for path, argv in ((data / "latin1.txt", ["--labels_path", str(data / "latin1.txt")]),
+                       (data / "valid.ltr", []), (data / "valid.tsv", [])):
+        if path.name.startswith("valid"):
+            original = path.read_bytes()
+            lines = original.splitlines(keepends=True)
+            path.write_bytes(b"".join(lines[:2]) + b"\xe9" + b"".join(lines[2:]))
+        assert inference.main([*common, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1] == (
+            f"error: {path}:3: not UTF-8 text (byte 0xe9 at column 1); filelists, transcripts and dictionaries "
+            "must be UTF-8: convert the file (e.g. iconv -f latin1 -t utf-8)")
+        assert "Traceback" not in err
+        if path.name.startswith("valid"):
+            path.write_bytes(original)

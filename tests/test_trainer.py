@@ -821,7 +821,9 @@ def test_validation_groups_batches_like_training(tiny_corpus, tmp_path, mode):
                              "--max_tokens_valid", "30000", "--batch_size_valid", "1",
                              "--required_batch_size_multiple", "1", "--num_concat_batches", "3", *extra])
     dictionary = Dictionary.load(os.path.join(tiny_corpus, "dict.ltr.txt")) if mode == "finetune" else None
-    cfg = type("ModelConfigStub", (), {"normalize": False})()  # build_loaders reads only cfg.normalize
+    from wav2vec2 import preset
+
+    cfg = preset("tiny")
     _, valid = train.build_loaders(args, cfg, dictionary, DistEnv())
     groups = [batch["sub_batch_sizes"].tolist() for batch in valid]
     # 8 validation utterances, one per batch (--batch_size_valid 1): groups of 3, 3 and the trailing 2

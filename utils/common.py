@@ -21,6 +21,36 @@ def run_main(main, argv=None) -> int:
     return 0 if rc is None else int(rc)
 
 
+def read_text(path: str) -> str:
+    """The content of a UTF-8 text file (universal newlines). A file that is not UTF-8 is a :class:`DataToolError`
+    naming the file, the line and column and the offending byte (the same message as ``common.data``'s)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        pass
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        pos = exc.start
+        line, column = data.count(b"\n", 0, pos) + 1, pos - data.rfind(b"\n", 0, pos)
+        raise DataToolError(f"{path}:{line}: not UTF-8 text (byte 0x{data[pos]:02x} at column {column}); filelists, "
+                            "transcripts and dictionaries must be UTF-8: convert the file (e.g. iconv -f latin1 -t "
+                            "utf-8)") from None
+    raise AssertionError("unreachable: the text decoder refused bytes that decode")  # pragma: no cover
+
+
+def read_lines(path: str) -> List[str]:
+    """Lines of a UTF-8 text file without their terminators, split as the trainer splits them (``\\n``, ``\\r\\n``,
+    ``\\r``; not at the other characters ``str.splitlines`` breaks at), a final empty line dropped."""
+    lines = read_text(path).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename (no partial outputs)."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -53,8 +83,7 @@ def read_manifest(path: str) -> Manifest:
     """Read a ``.tsv`` manifest (line 1: root; then ``rel<TAB>samples``), with errors naming file and line."""
     if not os.path.isfile(path):
         raise DataToolError(f"manifest {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = read_lines(path)
     if not lines:
         raise DataToolError(f"{path}:1: empty manifest (line 1 must be the audio root directory)")
     root = lines[0].strip()
@@ -104,8 +133,7 @@ def load_labelled(prefix: str, extensions=LABEL_EXTENSIONS, required=("ltr",)) -
             if ext in required:
                 raise DataToolError(f"label file {path} does not exist")
             continue
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        lines = read_lines(path)
         if len(lines) != len(manifest.entries):
             raise DataToolError(f"{path} has {len(lines)} lines but {prefix}.tsv has "
                                 f"{len(manifest.entries)} entries")

@@ -16,16 +16,15 @@ import os
 import sys
 from collections import Counter
 
-from .common import DataToolError, run_main, write_lines
+from .common import DataToolError, read_lines, run_main, write_lines
 
 
 def count_symbols(path: str) -> Counter:
     if not os.path.isfile(path):
         raise DataToolError(f"label file {path} does not exist")
     counts = Counter()
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            counts.update(line.rstrip("\r\n").replace(" ", ""))
+    for line in read_lines(path):
+        counts.update(line.replace(" ", ""))
     return counts
 
 

@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 
-from .common import DataToolError, read_manifest, run_main, write_lines
+from .common import DataToolError, read_lines, read_manifest, run_main, write_lines
 
 
 def words_to_letters(words: str) -> str:
@@ -39,14 +39,13 @@ def transcript_path(audio_path: str) -> str:
 def read_transcripts(path: str) -> dict:
     """``{utt_id: text}`` from a ``*.trans.txt`` file (whitespace inside the text normalised)."""
     table = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            utt, _, text = line.strip().partition(" ")
-            if utt in table:
-                raise DataToolError(f"{path}:{lineno}: duplicate utterance id {utt}")
-            table[utt] = " ".join(text.split())
+    for lineno, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        utt, _, text = line.strip().partition(" ")
+        if utt in table:
+            raise DataToolError(f"{path}:{lineno}: duplicate utterance id {utt}")
+        table[utt] = " ".join(text.split())
     return table
 
 

@@ -5,21 +5,27 @@ Usage::
     python -m utils.validate --data DIR --subset train [--labels ltr|none] [--dict DIR/dict.ltr.txt]
         [--min-sample-size N] [--max-sample-size N] [--max-tokens N] [--pad | --no-pad]
         [--preset pretrain-base|pretrain-large] [--sample-rate 16000] [--decode] [--json OUT]
-        [--quiet] [--progress-interval SECONDS]
+        [--quiet] [--progress-interval SECONDS] [--conv-feature-layers SPEC]
 
-Mirrors the reference's manifest filtering (see docs/DATA_TOOLS.md): an entry whose manifest size is
-below ``min_sample_size`` is skipped; its token count (its size, capped at ``max_sample_size`` when
-padding is off) must not exceed ``max_tokens`` or it is skipped; kept entries longer than
-``max_sample_size`` are cropped when batched. In addition every audio file is opened (header only,
-or fully decoded with ``--decode``) and reported unreadable when missing, corrupt, truncated (a WAV
-shorter than its header declares: caught even when the manifest was written after the truncation),
-at another sample rate or multi-channel; manifest sizes that disagree with the file are reported;
-the label file must have one line per manifest entry; label symbols absent from the dictionary are
-listed with the file and line of their first occurrence. Files checked, rate and ETA go to stderr every
+Mirrors the trainer's filtering (see docs/DATA_TOOLS.md): an entry whose manifest size is below
+``min_sample_size`` is skipped; one too short for a frame of the feature extractor (fewer samples than
+its input for one frame, computed from ``--conv-feature-layers``: 400 for the wav2vec 2.0 extractor) is
+skipped; its token count (its size, capped at ``max_sample_size`` when padding is off) must not exceed
+``max_tokens`` or it is skipped; kept entries longer than ``max_sample_size`` are cropped when batched.
+In addition every audio file is opened (header only, or fully decoded with ``--decode``) and reported
+unreadable when missing, corrupt, truncated (a WAV shorter than its header declares: caught even when the
+manifest was written after the truncation; a FLAC or other compressed file whose last frame cannot be
+decoded), at another sample rate or multi-channel; manifest sizes that disagree with the file are
+reported; the label file must have one line per manifest entry and a non-empty transcript for every
+entry the trainer reads; the dictionary is parsed by the trainer's own parser; label symbols absent from
+the dictionary are listed with the file and line of their first occurrence; transcripts longer than CTC
+can align in their audio's frames are warned about. Files checked, rate and ETA go to stderr every
 ``--progress-interval`` seconds (``--quiet``: none); the report goes to stdout.
 
-Exit status 0 when the data set is usable, 1 when the kept set is empty, labels and manifest
-disagree, files are unreadable or symbols are missing from the dictionary (2 for usage errors).
+Exit status 0 when the data set is usable (the report ends ``RESULT: OK``, or lists ``warnings:`` and
+ends ``RESULT: OK, with N warning(s) (listed above)``), 1 when the kept set is empty, labels and manifest
+disagree, a transcript the trainer reads is empty, files are unreadable or symbols are missing from the
+dictionary (2 for usage errors).
 """
 from __future__ import annotations
 
@@ -33,8 +39,8 @@ import soundfile as sf
 
 from common.progress import Progress
 
-from .common import DataToolError, read_manifest, run_main
-from .generate_filelist import WAV_FORMATS, wav_header_tools
+from .common import DataToolError, read_lines, read_manifest, run_main
+from .generate_filelist import WAV_FORMATS, check_decodes_to_end, wav_header_tools
 
 # Reference recipe values (pretrain_base.sh / pretrain_large.sh): pre-training crops (pad off).
 PRESETS = {
@@ -44,18 +50,30 @@ PRESETS = {
 
 EXAMPLES_PER_CATEGORY = 5
 PROGRESS_INTERVAL_S = 10.0
-# wav2vec 2.0 feature extractor (kernel, stride) stack: 50 frames per second at 16 kHz.
-CONV_STACK = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2
 
 
-def output_frames(n_samples: int) -> int:
-    """Number of encoder frames for ``n_samples`` input samples."""
-    n = n_samples
-    for kernel, stride in CONV_STACK:
-        n = (n - kernel) // stride + 1
-        if n <= 0:
-            return 0
-    return n
+def default_conv_layers() -> str:
+    """The model's default ``--conv_feature_layers`` (the wav2vec 2.0 extractor: 400 samples per first frame,
+    then one frame per 320)."""
+    from wav2vec2.config import DEFAULT_CONV_LAYERS
+
+    return DEFAULT_CONV_LAYERS
+
+
+def parse_conv_layers(spec: str) -> list:
+    """``(kernel, stride)`` pairs of a ``--conv_feature_layers`` spec (the model's parser); a bad spec is a
+    :class:`DataToolError`."""
+    from wav2vec2.config import parse_conv_layers as parse
+
+    try:
+        return [(k, s) for _, k, s in parse(spec)]
+    except ValueError as exc:
+        raise DataToolError(f"--conv-feature-layers: {exc}") from None
+
+
+def ctc_frames_needed(tokens: list) -> int:
+    """Fewest frames a CTC alignment of ``tokens`` needs: one per token plus a blank between equal neighbours."""
+    return len(tokens) + sum(1 for a, b in zip(tokens, tokens[1:]) if a == b)
 
 
 @dataclass
@@ -70,6 +88,8 @@ class Report:
     total_samples: int = 0
     cropped: int = 0
     skipped_min: int = 0
+    skipped_no_frames: int = 0
+    min_input_samples: int | None = None
     skipped_max_tokens: int = 0
     unreadable: dict = field(default_factory=lambda: {"missing": 0, "corrupt": 0, "truncated": 0,
                                                        "wrong_rate": 0, "multi_channel": 0})
@@ -84,6 +104,7 @@ class Report:
     dict_symbols: int | None = None
     missing_symbols: dict = field(default_factory=dict)  # sym -> {"count", "first": "file:line"}
     failures: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
 
     def example(self, category: str, text: str) -> None:
         lst = self.examples.setdefault(category, [])
@@ -95,27 +116,18 @@ class Report:
         return sum(self.unreadable.values())
 
 
-def load_dictionary(path: str) -> dict:
-    """Symbols of a ``<symbol> <count>`` dictionary file (split at the last space, as the trainer)."""
+def load_dictionary(path: str):
+    """The trainer's :class:`common.data.Dictionary` of ``path``, so that validate accepts and refuses exactly
+    the lines training does (a blank line or a count that is not an integer is an error; trailing spaces are
+    not). Its errors, which name the file and line, become :class:`DataToolError`."""
     if not os.path.isfile(path):
         raise DataToolError(f"dictionary {path} does not exist")
-    symbols = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            overwrite = False
-            if line.endswith(" #fairseq:overwrite"):
-                line, overwrite = line[: -len(" #fairseq:overwrite")], True
-            sym, sep, count = line.rpartition(" ")
-            if not sep or not sym or not count.lstrip("-").isdigit():
-                raise DataToolError(f"{path}:{lineno}: incorrect dictionary format, expected "
-                                    f"'<symbol> <count>': {line!r}")
-            if sym in symbols and not overwrite:
-                raise DataToolError(f"{path}:{lineno}: duplicate symbol {sym!r} (first on line {symbols[sym]})")
-            symbols[sym] = lineno
-    return symbols
+    from common.data import DataError, Dictionary
+
+    try:
+        return Dictionary.load(path)
+    except DataError as exc:
+        raise DataToolError(str(exc)) from None
 
 
 def check_audio(path: str, expected_size: int, sample_rate: int, decode: bool):
@@ -136,6 +148,10 @@ def check_audio(path: str, expected_size: int, sample_rate: int, decode: bool):
         declared = wav_header_tools().wav_declared_frames(path)
         if declared is not None and frames < declared:
             return "truncated", f"truncated WAV: header declares {declared} frames, file holds {frames}"
+    elif not decode:  # FLAC, OGG: the header's frame count survives a truncation; decoding the last frame does not
+        problem = check_decodes_to_end(path, info.frames)
+        if problem:
+            return "truncated", problem
     if info.samplerate != sample_rate:
         return "wrong_rate", f"{info.samplerate} Hz, expected {sample_rate} Hz"
     if info.channels != 1:
@@ -149,20 +165,30 @@ def validate(data: str, subset: str, *, labels: str | None = "ltr", dict_path: s
              min_sample_size: int | None = None, max_sample_size: int | None = None,
              max_tokens: int | None = None, pad: bool = True, sample_rate: int = 16000,
              decode: bool = False, check_audio_files: bool = True, progress: bool = False,
-             progress_interval: float = PROGRESS_INTERVAL_S) -> Report:
-    """Run all checks and return a :class:`Report` (``report.failures`` empty when usable).
+             progress_interval: float = PROGRESS_INTERVAL_S, conv_feature_layers: str | None = None) -> Report:
+    """Run all checks and return a :class:`Report` (``report.failures`` empty when usable; ``report.warnings``
+    lists what trains nothing without stopping the trainer).
 
-    With ``progress``, a line of entries checked, rate and ETA goes to stderr every ``progress_interval`` s.
+    ``conv_feature_layers``: the model's ``--conv_feature_layers`` spec (default: the model's default), from
+    which the frames of each utterance are computed. With ``progress``, a line of entries checked, rate and ETA
+    goes to stderr every ``progress_interval`` s.
     """
+    from common.data.batching import conv_frames, min_input_samples
+
+    spec = conv_feature_layers or default_conv_layers()
+    conv_layers = parse_conv_layers(spec)
+    need = min_input_samples(conv_layers)
     tsv = os.path.join(data, f"{subset}.tsv")
     manifest = read_manifest(tsv)
     config = dict(sample_rate=sample_rate, min_sample_size=min_sample_size, max_sample_size=max_sample_size,
-                  max_tokens=max_tokens, pad=pad, labels=labels)
-    rep = Report(manifest=tsv, root=manifest.root, config=config, entries=len(manifest.entries))
+                  max_tokens=max_tokens, pad=pad, labels=labels, conv_feature_layers=spec)
+    rep = Report(manifest=tsv, root=manifest.root, config=config, entries=len(manifest.entries),
+                 min_input_samples=need)
     if not os.path.isdir(manifest.root):
         rep.failures.append(f"audio root {manifest.root} (line 1 of {tsv}) does not exist")
 
     kept_mask = []
+    read_mask = []  # entries whose transcript the trainer reads (not skipped by min_sample_size)
     if check_audio_files and any(rel.lower().endswith(".wav") for rel, _, _ in manifest.entries):
         wav_header_tools()  # the import is not charged to the first file's rate
     prog = Progress(total=len(manifest.entries), desc=f"validate {tsv}", unit="files",
@@ -180,9 +206,15 @@ def validate(data: str, subset: str, *, labels: str | None = "ltr", dict_path: s
                 rep.unreadable[problem] += 1
                 rep.example(problem, f"{where}: {detail}")
                 keep = False
+        read_mask.append(min_sample_size is None or size >= min_sample_size)
         if keep and min_sample_size is not None and size < min_sample_size:
             rep.skipped_min += 1
             rep.example("skipped_min", f"{where}: {size} < min_sample_size {min_sample_size}")
+            keep = False
+        seen = size if max_sample_size is None else min(size, max_sample_size)
+        if keep and seen < need:
+            rep.skipped_no_frames += 1
+            rep.example("skipped_no_frames", f"{where}: {seen} samples < {need}, no frame of the feature extractor")
             keep = False
         tokens = size if (pad or max_sample_size is None) else min(size, max_sample_size)
         if keep and max_tokens is not None and tokens > max_tokens:
@@ -203,8 +235,15 @@ def validate(data: str, subset: str, *, labels: str | None = "ltr", dict_path: s
         prog.close()
 
     if labels:
-        _check_labels(rep, data, subset, labels, dict_path, manifest, kept_mask)
+        seen = [n if max_sample_size is None else min(n, max_sample_size) for _, n, _ in manifest.entries]
+        _check_labels(rep, data, subset, labels, dict_path, manifest, kept_mask, read_mask,
+                      conv_frames(seen, conv_layers).tolist())
 
+    if rep.skipped_no_frames:
+        rep.warnings.append(
+            f"{rep.skipped_no_frames} utterance(s) shorter than the {need} samples that give the feature extractor "
+            "one frame: training skips them; as the validation subset train.py refuses them (unless "
+            "--skip_invalid_size_inputs_valid_test) and inference.py refuses them")
     if rep.kept == 0:
         rep.failures.append("no utterance is kept: the dataset would be EMPTY under this configuration")
     if rep.n_unreadable:
@@ -215,14 +254,18 @@ def validate(data: str, subset: str, *, labels: str | None = "ltr", dict_path: s
     return rep
 
 
-def _check_labels(rep: Report, data: str, subset: str, labels: str, dict_path, manifest, kept_mask) -> None:
+def _check_labels(rep: Report, data: str, subset: str, labels: str, dict_path, manifest, kept_mask, read_mask,
+                  frames) -> None:
+    """Labels as the trainer reads them: every transcript of an entry not skipped by ``min_sample_size``
+    (``read_mask``) must be non-empty and use only dictionary symbols; a kept entry (``kept_mask``) whose
+    transcript needs more CTC frames than its ``frames[entry]`` (the model's, of the audio it sees) trains nothing
+    (a warning)."""
     label_file = os.path.join(data, f"{subset}.{labels}")
     rep.labels_file = label_file
     if not os.path.isfile(label_file):
         rep.failures.append(f"label file {label_file} does not exist")
         return
-    with open(label_file, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = read_lines(label_file)
     rep.label_lines = len(lines)
     if len(lines) != len(manifest.entries):
         rep.label_mismatch = True
@@ -230,31 +273,43 @@ def _check_labels(rep: Report, data: str, subset: str, labels: str, dict_path, m
                             f"{len(manifest.entries)} entries")
     dict_path = dict_path or os.path.join(data, f"dict.{labels}.txt")
     rep.dict_file = dict_path
-    symbols = load_dictionary(dict_path) if os.path.isfile(dict_path) else None
-    if symbols is None:
+    dictionary = load_dictionary(dict_path) if os.path.isfile(dict_path) else None
+    symbols = None
+    if dictionary is None:
         rep.failures.append(f"dictionary {dict_path} does not exist")
     else:
-        rep.dict_symbols = len(symbols)
+        symbols = dictionary.indices  # the specials included, as the trainer's check
+        rep.dict_symbols = len(dictionary) - dictionary.nspecial
+    first_empty = None
     for i, line in enumerate(lines):
+        read = i >= len(manifest.entries) or read_mask[i]
         tokens = line.split()
-        if not tokens:
+        if not tokens and read:  # the trainer refuses it; a transcript of a skipped entry is never read
             rep.empty_labels += 1
+            first_empty = first_empty or f"{label_file}:{i + 1}"
             rep.example("empty_label", f"{label_file}:{i + 1}: empty transcript")
-        if i < len(manifest.entries) and kept_mask[i]:
-            size = manifest.entries[i][1]
-            if rep.config["max_sample_size"] is not None:
-                size = min(size, rep.config["max_sample_size"])
-            if len(tokens) > output_frames(size):
+        # needed <= 2 * tokens - 1 <= characters: a line no longer than its frames needs no count
+        if i < len(manifest.entries) and kept_mask[i] and len(line.strip()) > frames[i]:
+            needed = ctc_frames_needed(tokens)
+            if needed > frames[i]:
                 rep.labels_too_long += 1
-                rep.example("labels_too_long", f"{label_file}:{i + 1}: {len(tokens)} labels but only "
-                            f"{output_frames(size)} encoder frames (CTC cannot align)")
-        if symbols is not None:
+                rep.example("labels_too_long", f"{label_file}:{i + 1}: CTC needs {needed} frames ({len(tokens)} "
+                            f"labels + {needed - len(tokens)} repeated), the audio gives {frames[i]}")
+        if symbols is not None and read:
             for tok in tokens:
                 if tok not in symbols:
                     entry = rep.missing_symbols.setdefault(tok, {"count": 0, "first": f"{label_file}:{i + 1}"})
                     entry["count"] += 1
     if rep.missing_symbols:
         rep.failures.append(f"{len(rep.missing_symbols)} label symbol(s) missing from {dict_path}")
+    if rep.empty_labels:
+        rep.failures.append(f"{rep.empty_labels} empty transcript(s) (the trainer refuses them), first at "
+                            f"{first_empty}")
+    if rep.labels_too_long:
+        rep.warnings.append(
+            f"{rep.labels_too_long} transcript(s) longer than CTC can align in their audio's frames (one frame per "
+            "label plus one per pair of equal neighbours): their fine-tuning loss is 0 (zero_infinity) and they "
+            "train nothing")
 
 
 def format_report(rep: Report) -> str:
@@ -268,8 +323,9 @@ def format_report(rep: Report) -> str:
            f"cropped:    {rep.cropped} files longer than max_sample_size={c['max_sample_size']} "
            "(random crop when batched)" + ("" if c["pad"] else "; with pad off every batch is also "
                                            "cropped to its shortest member"),
-           f"skipped:    {rep.skipped_min + rep.skipped_max_tokens} files ({rep.skipped_min} shorter than "
-           f"min_sample_size={c['min_sample_size']}, {rep.skipped_max_tokens} above max_tokens={c['max_tokens']})",
+           f"skipped:    {rep.skipped_min + rep.skipped_no_frames + rep.skipped_max_tokens} files ({rep.skipped_min} "
+           f"shorter than min_sample_size={c['min_sample_size']}, {rep.skipped_no_frames} shorter than one frame "
+           f"({rep.min_input_samples} samples), {rep.skipped_max_tokens} above max_tokens={c['max_tokens']})",
            "unreadable: {} files ({})".format(rep.n_unreadable, ", ".join(
                f"{k.replace('_', '-')} {v}" for k, v in rep.unreadable.items())),
            f"size mismatch: {rep.size_mismatch} manifest sizes differ from the audio"]
@@ -278,20 +334,30 @@ def format_report(rep: Report) -> str:
     elif rep.labels_file:
         status = "MISMATCH" if rep.label_mismatch else "OK"
         out.append(f"labels:     {rep.labels_file}: {rep.label_lines} lines ({status}); "
-                   f"{rep.empty_labels} empty; {rep.labels_too_long} longer than the encoder output")
+                   f"{rep.empty_labels} empty; {rep.labels_too_long} longer than CTC can align")
         found = f"{rep.dict_symbols} symbols" if rep.dict_symbols is not None else "not found"
         out.append(f"dictionary: {rep.dict_file}: {found}; {len(rep.missing_symbols)} label symbol(s) missing")
         for sym, info in sorted(rep.missing_symbols.items(), key=lambda kv: (-kv[1]["count"], kv[0])):
             out.append(f"  missing symbol {sym!r}: {info['count']} occurrence(s), first at {info['first']}")
     titles = {"skipped_min": "shorter than min_sample_size", "skipped_max_tokens": "above max_tokens",
+              "skipped_no_frames": "shorter than one frame",
               "missing": "missing audio", "corrupt": "corrupt audio", "truncated": "truncated audio",
               "wrong_rate": "wrong sample rate",
               "multi_channel": "multi-channel audio", "size_mismatch": "manifest size differs",
-              "empty_label": "empty transcripts", "labels_too_long": "transcript longer than the encoder output"}
+              "empty_label": "empty transcripts", "labels_too_long": "transcript longer than CTC can align"}
     for cat, lst in rep.examples.items():
         out.append(f"first files {titles.get(cat, cat)}:")
         out.extend(f"  {e}" for e in lst)
-    out.append("RESULT: OK" if not rep.failures else "RESULT: FAILED\n" + "\n".join(f"  - {f}" for f in rep.failures))
+    if rep.warnings:
+        out.append("warnings:")
+        out.extend(f"  - {w}" for w in rep.warnings)
+    if rep.failures:
+        out.append("RESULT: FAILED")
+        out.extend(f"  - {f}" for f in rep.failures)
+    elif rep.warnings:  # the last line, which scripts print alone (tail -n 1)
+        out.append(f"RESULT: OK, with {len(rep.warnings)} warning(s) (listed above)")
+    else:
+        out.append("RESULT: OK")
     return "\n".join(out)
 
 
@@ -311,6 +377,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pad batches (fine-tuning; default when labels are used)")
     g.add_argument("--no-pad", dest="pad", action="store_false", help="crop batches (pre-training)")
     p.add_argument("--sample-rate", "--sample_rate", dest="sample_rate", type=int, default=16000)
+    p.add_argument("--conv-feature-layers", "--conv_feature_layers", dest="conv_feature_layers", default=None,
+                   metavar="SPEC", help="the model's feature extractor (train.py's --conv_feature_layers; default: "
+                   "the wav2vec 2.0 extractor): sets the frames of each utterance, hence the shortest usable audio "
+                   "and the longest transcript CTC can align")
     p.add_argument("--decode", action="store_true", help="decode every file fully (finds truncated files)")
     p.add_argument("--skip-audio", action="store_true", help="trust the manifest; do not open audio files")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
@@ -336,7 +406,8 @@ def main(argv=None) -> int:
                    min_sample_size=args.min_sample_size, max_sample_size=args.max_sample_size,
                    max_tokens=args.max_tokens, pad=args.pad, sample_rate=args.sample_rate,
                    decode=args.decode, check_audio_files=not args.skip_audio,
-                   progress=not args.quiet, progress_interval=args.progress_interval)
+                   progress=not args.quiet, progress_interval=args.progress_interval,
+                   conv_feature_layers=args.conv_feature_layers)
     print(format_report(rep))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -92,6 +92,12 @@ class WeightNormConv1d(nn.Module):
         v = self.weight_v.detach().reshape(-1)
         return self.weight_g.detach().clone(), v[::max(1, v.numel() // 4096)].clone()
 
+    def _probe_unchanged(self, probe: tuple[torch.Tensor, torch.Tensor]) -> bool:
+        try:
+            return all(torch.equal(a, b) for a, b in zip(probe, self._weight_probe()))
+        except RuntimeError:  # fake or meta tensors (shape propagation, sync checks): values unknown, recompute
+            return False
+
     def _spectrum(self, block: int) -> torch.Tensor:
         """conj(rfft(weight, block)) as groups x frequencies x C_out/g x C_in/g, cached until a parameter changes:
         a new tensor or ``_version`` (``.to()``, ``load_state_dict``), different values (:meth:`_weight_probe`, for
@@ -99,8 +105,7 @@ class WeightNormConv1d(nn.Module):
         v, g = self.weight_v, self.weight_g
         key = (block, v.device, v.data_ptr(), v._version, g.data_ptr(), g._version)
         cached = self.__dict__.get("_fft_cache")
-        if cached is not None and cached[0] == key and all(
-                torch.equal(a, b) for a, b in zip(cached[2], self._weight_probe())):
+        if cached is not None and cached[0] == key and self._probe_unchanged(cached[2]):
             return cached[1]
         with torch.no_grad():
             w = self.weight().float()

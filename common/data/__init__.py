@@ -5,7 +5,8 @@ Data flows one way: ``manifest.py`` (+ ``audio.py``, ``dictionary.py``) -> ``dat
 See ``docs/DATA.md``.
 """
 from common.data.audio import read_audio, normalize_waveform
-from common.data.batching import batch_by_size, concat_batches, filter_by_size, get_bucketed_sizes, get_buckets, ordered_indices
+from common.data.batching import (batch_by_size, concat_batches, conv_frames, filter_by_size, filter_too_short,
+                                  get_bucketed_sizes, get_buckets, min_input_samples, ordered_indices)
 from common.data.collate import Collater
 from common.data.dataset import AudioDataset, open_split
 from common.data.dictionary import Dictionary
@@ -17,6 +18,7 @@ from common.data.sampler import BatchPlan, ShardedBatchSampler, balance_for_rank
 __all__ = [
     "AudioDataset", "AudioLoader", "BatchPlan", "Collater", "DataError", "DataSummary", "Dictionary", "Labels",
     "LoaderConfig", "Manifest", "ShardedBatchSampler", "balance_for_ranks", "batch_by_size", "build_loader",
-    "concat_batches", "epoch_order", "filter_by_size", "get_bucketed_sizes", "get_buckets", "load_labels",
-    "load_manifest", "normalize_waveform", "open_split", "ordered_indices", "read_audio", "single_file_manifest",
+    "concat_batches", "conv_frames", "epoch_order", "filter_by_size", "filter_too_short", "get_bucketed_sizes",
+    "get_buckets", "load_labels", "load_manifest", "min_input_samples", "normalize_waveform", "open_split",
+    "ordered_indices", "read_audio", "single_file_manifest",
 ]

@@ -8,7 +8,7 @@ global NumPy seed, so the same filelist and seed give the reference's batches.
 from __future__ import annotations
 
 import logging
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,6 +30,53 @@ def num_tokens(sizes: np.ndarray, pad: bool, max_sample_size: Optional[int]) -> 
     """Token count used for batching and filtering: the full size with padding, the capped size when cropping."""
     sizes = np.asarray(sizes, dtype=np.int64)
     return sizes if pad else capped_sizes(sizes, max_sample_size)
+
+
+def kernel_strides(conv_layers: Iterable[Sequence[int]]) -> List[Tuple[int, int]]:
+    """``(kernel, stride)`` of each convolution of a feature extractor, from ``(kernel, stride)`` pairs or from the
+    ``(dim, kernel, stride)`` triples of a model config (``Wav2Vec2Config.conv_layers``)."""
+    layers = [(int(layer[-2]), int(layer[-1])) for layer in conv_layers]
+    if not layers or any(k < 1 or s < 1 for k, s in layers):
+        raise ValueError(f"conv_layers must be non-empty (kernel, stride) pairs >= 1, got {layers}")
+    return layers
+
+
+def conv_frames(sizes: np.ndarray, conv_layers: Iterable[Sequence[int]]) -> np.ndarray:
+    """Output frames of a stack of unpadded 1-D convolutions for inputs of ``sizes`` samples: layer by layer
+    ``floor((L - kernel) / stride) + 1``, 0 once an input is shorter than a kernel (int64, same shape)."""
+    n = np.asarray(sizes, dtype=np.int64)
+    for kernel, stride in kernel_strides(conv_layers):
+        n = np.maximum((n - kernel) // stride + 1, 0)
+    return n
+
+
+def min_input_samples(conv_layers: Iterable[Sequence[int]], frames: int = 1) -> int:
+    """The fewest input samples that give ``frames`` output frames: walking the layers backwards, an output of T
+    frames needs ``(T - 1) * stride + kernel`` inputs (400 samples for one frame of the wav2vec 2.0 extractor)."""
+    n = max(1, int(frames))
+    for kernel, stride in reversed(kernel_strides(conv_layers)):
+        n = (n - 1) * stride + kernel
+    return n
+
+
+def filter_too_short(indices: np.ndarray, sizes: np.ndarray, min_samples: Optional[int],
+                     where: Optional[Callable[[int], str]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Drop indices with fewer than ``min_samples`` samples (None keeps all): the feature extractor gives them too
+    few frames (none; in pretraining, one) for a loss. Returns ``(kept, ignored)`` in the given order and logs a warning naming the
+    first few by ``where(index)`` when something is ignored, like :func:`filter_by_size`."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if min_samples is None:
+        return indices, np.zeros(0, dtype=np.int64)
+    bad = np.asarray(sizes)[indices] < min_samples
+    kept, ignored = indices[~bad], indices[bad]
+    if len(ignored):
+        first = [where(int(i)) for i in ignored[:10]] if where is not None else ignored[:10].tolist()
+        logger.warning(
+            "%d samples are shorter than the model's minimum input (%d samples: the feature extractor's input for the "
+            "frames a loss needs) and will be skipped, first few %s=%s", len(ignored), min_samples, "entries" if where is not None else "sample ids",
+            first,
+        )
+    return kept, ignored
 
 
 def ordered_indices(sizes: np.ndarray, seed: int, max_sample_size: Optional[int], shuffle: bool = True) -> np.ndarray:
@@ -71,6 +118,7 @@ def batch_by_size(
     max_tokens: Optional[int],
     max_sentences: Optional[int] = None,
     required_batch_size_multiple: int = 1,
+    where: Optional[Callable[[int], str]] = None,
 ) -> List[np.ndarray]:
     """Greedy batching of an ordered index list (fairseq ``batch_by_size`` semantics, in plain Python).
 
@@ -92,6 +140,7 @@ def batch_by_size(
         max_tokens: padded-size budget per batch (None or <= 0: unlimited).
         max_sentences: items per batch (None or <= 0: unlimited).
         required_batch_size_multiple: preferred batch-size multiple (``--required_batch_size_multiple`` 8).
+        where: names a dataset index in the error (e.g. its filelist line); ids are given otherwise.
 
     Raises:
         DataError: an item alone exceeds ``max_tokens``.
@@ -105,9 +154,10 @@ def batch_by_size(
     mult = max(1, int(required_batch_size_multiple))
     if max_tokens and cost.max() > max_tokens:
         bad = idx[cost > max_tokens]
+        first = [where(int(i)) for i in bad[:5]] if where is not None else f"ids {bad[:10].tolist()}"
         raise DataError(
-            f"{len(bad)} utterances are longer than max_tokens={max_tokens} (first ids {bad[:10].tolist()}); "
-            "filter them (max_positions) or raise max_tokens"
+            f"{len(bad)} utterances are longer than max_tokens={max_tokens} (first {first}, longest "
+            f"{int(cost.max())} samples): raise max_tokens to at least that, or filter them out first"
         )
 
     closed_ends: List[int] = []  # end positions of closed batches

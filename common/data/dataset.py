@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -77,6 +77,29 @@ class AudioDataset:
             source=self.labels.path,
             line_no=int(self.labels.line_numbers[i]),
         )
+
+    def ctc_frames_needed(self, i: int) -> int:
+        """Fewest frames a CTC alignment of transcript ``i`` needs: its length plus one blank between each pair of
+        equal adjacent symbols (``L L`` must be emitted as ``L <blank> L``)."""
+        ids = self.encode_label(i).tolist()
+        return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
+
+    def ctc_infeasible(self, indices: Sequence[int], frames: np.ndarray) -> List[Tuple[int, int]]:
+        """``(index, frames needed)`` of the utterances among ``indices`` whose transcript needs more CTC frames than
+        their ``frames[index]`` (the model's output frames). Their CTC loss is infinite, which ``zero_infinity``
+        turns into 0: they train nothing. Only transcripts longer (in characters) than their frames are encoded, a
+        bound that the number needed cannot exceed."""
+        if self.labels is None:
+            return []
+        lines = self.labels.lines
+        idx = np.asarray(indices, dtype=np.int64)
+        chars = np.fromiter((len(lines[i]) for i in idx.tolist()), dtype=np.int64, count=len(idx))
+        out = []
+        for i in idx[chars > np.asarray(frames)[idx]].tolist():
+            needed = self.ctc_frames_needed(i)
+            if needed > frames[i]:
+                out.append((i, needed))
+        return out
 
     def load_source(self, i: int) -> torch.Tensor:
         """Waveform of utterance ``i`` as a 1-D float32 tensor (normalised when ``normalize``)."""

@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Literal, Optional, Sequence
 
 import torch
 
-from common.data.errors import DataError, PathLike, where
+from common.data.errors import DataError, PathLike, read_text, where
 
 OVERWRITE_FLAG = "#fairseq:overwrite"
 SPECIAL_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>")
@@ -43,10 +43,9 @@ class Dictionary:
     # ---------------------------------------------------------------------------------------------- construction
     @classmethod
     def load(cls, path: PathLike) -> "Dictionary":
-        """Read a ``dict.<labels>.txt`` file (e.g. ``dict.ltr.txt``)."""
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        return cls.from_text(text, source=str(path))
+        """Read a ``dict.<labels>.txt`` file (e.g. ``dict.ltr.txt``); a file that is not UTF-8 is a
+        :class:`DataError` naming the file and line."""
+        return cls.from_text(read_text(path), source=str(path))
 
     @classmethod
     def from_text(cls, text: str, source: str = "<text>") -> "Dictionary":

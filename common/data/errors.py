@@ -7,7 +7,7 @@ location string produced by :func:`where`.
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -21,6 +21,43 @@ def where(path: Optional[PathLike], line: Optional[int] = None) -> str:
     if path is None:
         return "<unknown>"
     return f"{os.fspath(path)}:{line}" if line is not None else os.fspath(path)
+
+
+def first_few(indices: Sequence[int], describe: Callable[[int], str], limit: int = 5) -> str:
+    """``describe(i)`` of the first ``limit`` indices joined by '; ', then how many more (one line for a message
+    about several utterances)."""
+    items = [describe(int(i)) for i in list(indices)[:limit]]
+    more = len(indices) - len(items)
+    return "; ".join(items) + (f"; and {more} more" if more > 0 else "")
+
+
+def read_text(path: PathLike) -> str:
+    """The content of a UTF-8 text file (universal newlines, as ``open(path, encoding="utf-8").read()``).
+
+    Raises:
+        DataError: the file is not valid UTF-8; the message names the file, the 1-based line and column and the
+            offending byte (Python's own error names neither the file nor the line).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        pass
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(not_utf8_message(path, data, exc.start)) from None
+    raise AssertionError("unreachable: the text decoder refused bytes that decode")  # pragma: no cover
+
+
+def not_utf8_message(path: PathLike, data: bytes, pos: int) -> str:
+    """One line for a non-UTF-8 byte at offset ``pos`` of ``data`` (the bytes of ``path``): file, line, column."""
+    line = data.count(b"\n", 0, pos) + 1
+    column = pos - data.rfind(b"\n", 0, pos)
+    return (f"{where(path, line)}: not UTF-8 text (byte 0x{data[pos]:02x} at column {column}); filelists, "
+            "transcripts and dictionaries must be UTF-8: convert the file (e.g. iconv -f latin1 -t utf-8)")
 
 
 def error_message(exc: BaseException) -> str:

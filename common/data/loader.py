@@ -18,8 +18,9 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -27,15 +28,18 @@ from common.data.batching import (
     batch_by_size,
     capped_sizes,
     concat_batches,
+    conv_frames,
     filter_by_size,
+    filter_too_short,
     get_bucketed_sizes,
     get_buckets,
+    min_input_samples,
     num_tokens,
     ordered_indices,
 )
 from common.data.collate import Collater
 from common.data.dataset import AudioDataset
-from common.data.errors import DataError
+from common.data.errors import DataError, first_few
 from common.data.sampler import BatchPlan, ShardedBatchSampler, balance_for_ranks
 
 logger = logging.getLogger(__name__)
@@ -131,8 +135,17 @@ class LoaderConfig:
         num_concat_batches: sub-batches per loader batch [--num_concat_batches 1].
         seed: [--seed 1]; ordering uses it, epoch order uses seed + epoch, crops use (seed, epoch, position).
         shuffle: shuffle the batch order each epoch (training) or keep size order (validation).
-        filter_long: skip utterances whose token count exceeds max_tokens (training); otherwise such an utterance
-            is an error (validation).
+        filter_long: skip utterances whose token count exceeds max_tokens, and (with ``conv_layers``) those too
+            short for one output frame, with a warning naming their filelist lines (training;
+            ``--skip_invalid_size_inputs_valid_test`` for validation); otherwise such an utterance is an error
+            naming its file and filelist line (validation).
+        conv_layers: ``(kernel, stride)`` of each convolution of the model's feature extractor (the
+            ``(dim, kernel, stride)`` triples of ``Wav2Vec2Config.conv_layers`` are accepted), None = not known.
+            With it, utterances shorter than the extractor's input for one frame are filtered as above, and
+            labelled utterances whose transcript needs more CTC frames than their audio gives are counted and
+            logged once (their loss stays the reference's zero_infinity 0).
+        min_frames: the output frames an utterance needs at least (with ``conv_layers``): 1, or 2 in pretraining,
+            whose contrastive loss draws its negatives from the other masked frames of the utterance.
         num_workers, prefetch_factor, persistent_workers: torch DataLoader options [--num_workers 6].
         pin_memory: None = when CUDA is available.
     """
@@ -151,6 +164,8 @@ class LoaderConfig:
     prefetch_factor: int = 2
     persistent_workers: bool = True
     pin_memory: Optional[bool] = None
+    conv_layers: Optional[Sequence[Sequence[int]]] = None
+    min_frames: int = 1
 
 
 @dataclass
@@ -166,12 +181,19 @@ class DataSummary:
     batches: int
     batches_per_rank: int
     world_size: int
+    min_input_samples: Optional[int] = None  # the feature extractor's input for one frame, when known
+    skipped_no_frames: int = 0  # skipped for being shorter than min_input_samples
+    ctc_infeasible: int = 0  # kept, with a transcript longer than CTC can align in their frames
 
     def describe(self) -> str:
+        no_frames = (f"{self.skipped_no_frames} skipped (< {self.min_input_samples} samples: too short for the model), "
+                     if self.min_input_samples is not None else "")
+        ctc = (f", {self.ctc_infeasible} with a transcript longer than CTC can align (loss 0)"
+               if self.ctc_infeasible else "")
         return (
             f"{self.manifest}: {self.entries} entries, {self.skipped_short} skipped (< min_sample_size), "
-            f"{self.skipped_long} skipped (> max_tokens), {self.kept} kept "
-            f"({self.longer_than_max_sample_size} longer than max_sample_size), {self.batches} batches = "
+            f"{no_frames}{self.skipped_long} skipped (> max_tokens), {self.kept} kept "
+            f"({self.longer_than_max_sample_size} longer than max_sample_size{ctc}), {self.batches} batches = "
             f"{self.batches_per_rank} per rank x {self.world_size} ranks"
         )
 
@@ -291,36 +313,99 @@ class AudioLoader:
         return message
 
 
+def _refuse_invalid_sizes(dataset: AudioDataset, indices: np.ndarray, capped: np.ndarray, tokens: np.ndarray,
+                          min_samples: Optional[int], max_tokens: Optional[int]) -> None:
+    """Validation without ``filter_long``: an utterance too short for one frame or over the token budget is an
+    error naming the audio file, its filelist line and the flag to change."""
+    m = dataset.manifest
+
+    def entry(i: int) -> str:
+        return f"{m.audio_path(i)} ({m.path}:{int(m.line_numbers[i])}, {int(m.sizes[i])} samples)"
+
+    skip = "pass --skip_invalid_size_inputs_valid_test to skip such validation utterances"
+    if min_samples is not None:
+        short = np.sort(indices[capped[indices] < min_samples])  # named in filelist order
+        if len(short):
+            raise DataError(
+                f"{len(short)} validation utterance(s) shorter than the {min_samples} samples the model needs (the "
+                f"feature extractor's input for its minimum number of frames): {first_few(short, entry)}; remove them "
+                f"from {m.path}, or {skip}"
+            )
+    if max_tokens:
+        long = np.sort(indices[tokens[indices] > max_tokens])
+        if len(long):
+            longest = int(tokens[long].max())
+            raise DataError(
+                f"{len(long)} validation utterance(s) longer than max_tokens={max_tokens} samples (train.py "
+                f"--max_tokens_valid): {first_few(long, entry)}; raise --max_tokens_valid to at least {longest}, "
+                f"or {skip}"
+            )
+
+
+def _log_ctc_infeasible(dataset: AudioDataset, indices: np.ndarray, frames: np.ndarray) -> int:
+    """Count (and log once, naming the first few filelist and transcript lines) the utterances whose transcript
+    needs more CTC frames than their audio gives; returns the count."""
+    bad = dataset.ctc_infeasible(indices, frames)
+    if bad:
+        m, labels = dataset.manifest, dataset.labels
+        assert labels is not None
+        needed = dict(bad)
+
+        def entry(i: int) -> str:
+            return (f"{m.path}:{int(m.line_numbers[i])} ({labels.path}:{int(labels.line_numbers[i])}: "
+                    f"{needed[i]} frames needed, {int(frames[i])} available)")
+
+        logger.warning(
+            "%d utterance(s) with a transcript longer than CTC can align in their audio's frames (it needs one "
+            "frame per label plus one per pair of equal adjacent labels): their loss is 0 (zero_infinity, as in the "
+            "reference) and they train nothing; first few: %s", len(bad), first_few([i for i, _ in bad], entry))
+    return len(bad)
+
+
 def build_loader(dataset: AudioDataset, config: LoaderConfig, world_size: int = 1, rank: int = 0) -> AudioLoader:
     """Form the run's batches for ``dataset`` and wrap them in an :class:`AudioLoader` for ``rank`` of ``world_size``.
 
     Raises:
         DataError: nothing left after filtering (names the manifest and the thresholds), an utterance longer than
-            max_tokens when ``filter_long`` is off, or fewer utterances than ranks (training).
+            max_tokens or (with ``conv_layers``) too short for one frame when ``filter_long`` is off (names the
+            file, its filelist line and the flag to change), or fewer utterances than ranks (training).
     """
     if config.max_sample_size is not None and config.max_sample_size <= 0:
         raise ValueError(f"max_sample_size must be positive or None, got {config.max_sample_size}")
     sizes = dataset.sizes
     manifest = dataset.manifest
     tokens = num_tokens(sizes, config.pad, config.max_sample_size)
+    capped = capped_sizes(sizes, config.max_sample_size)  # what the model sees of each utterance (crop or pad)
+    min_samples = (min_input_samples(config.conv_layers, frames=config.min_frames)
+                   if config.conv_layers is not None else None)
     order = ordered_indices(sizes, config.seed, config.max_sample_size, shuffle=True)
-    kept, ignored = filter_by_size(order, tokens, config.max_tokens if config.filter_long else None,
-                                   where=lambda i: f"{manifest.path}:{int(manifest.line_numbers[i])}")
+
+    def where(i: int) -> str:
+        return f"{manifest.path}:{int(manifest.line_numbers[i])}"
+
+    if not config.filter_long:
+        _refuse_invalid_sizes(dataset, order, capped, tokens, min_samples, config.max_tokens)
+    order, no_frames = filter_too_short(order, capped, min_samples, where=where)
+    kept, ignored = filter_by_size(order, tokens, config.max_tokens if config.filter_long else None, where=where)
     if len(kept) == 0:
+        too_short = (f"{len(no_frames)} shorter than the model's minimum ({min_samples} samples), "
+                     if len(no_frames) else "")
         raise DataError(
             f"no utterance of {manifest.path} is left after filtering: {manifest.num_entries} entries, "
-            f"{len(manifest.skipped_indices)} shorter than min_sample_size, {len(ignored)} longer than "
+            f"{len(manifest.skipped_indices)} shorter than min_sample_size, {too_short}{len(ignored)} longer than "
             f"max_tokens={config.max_tokens} (pad={config.pad}, max_sample_size={config.max_sample_size})"
         )
+    ctc_infeasible = 0
+    if config.conv_layers is not None and dataset.labels is not None:
+        ctc_infeasible = _log_ctc_infeasible(dataset, kept, conv_frames(capped, config.conv_layers))
     batches = batch_by_size(kept, tokens, config.max_tokens, config.max_sentences,
-                            config.required_batch_size_multiple)
+                            config.required_batch_size_multiple, where=where)
     groups = concat_batches(batches, config.num_concat_batches)
     groups = balance_for_ranks(groups, world_size, allow_empty=not config.shuffle)
     bucketed = None
     if config.num_batch_buckets > 0:
         if not config.pad:
             raise ValueError("num_batch_buckets > 0 requires pad=True")
-        capped = capped_sizes(sizes, config.max_sample_size)
         bucketed = get_bucketed_sizes(capped, get_buckets(capped, config.num_batch_buckets))
     summary = DataSummary(
         manifest=manifest.path,
@@ -333,6 +418,9 @@ def build_loader(dataset: AudioDataset, config: LoaderConfig, world_size: int = 
         batches=len(groups),
         batches_per_rank=len(groups) // max(1, world_size),
         world_size=max(1, world_size),
+        min_input_samples=min_samples,
+        skipped_no_frames=len(no_frames),
+        ctc_infeasible=ctc_infeasible,
     )
     logger.info("%s", summary.describe())
     sampler = ShardedBatchSampler(groups, world_size, rank, config.seed, config.shuffle)

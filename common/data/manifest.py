@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from common.data.errors import DataError, PathLike, where
+from common.data.errors import DataError, PathLike, read_text, where
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +51,12 @@ class Manifest:
 
 
 def read_lines(path: PathLike) -> List[str]:
-    """Lines of a UTF-8 text file without their line terminators (\\n, \\r\\n or \\r; only those)."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    lines = text.split("\n")
+    """Lines of a UTF-8 text file without their line terminators (\\n, \\r\\n or \\r; only those).
+
+    Raises:
+        DataError: the file is not UTF-8 (names the file, line and column).
+    """
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return lines
@@ -65,8 +67,9 @@ def load_manifest(path: PathLike, min_sample_size: Optional[int] = None) -> Mani
 
     Raises:
         FileNotFoundError: the manifest is missing.
-        DataError: empty file, a line that is not exactly two tab-separated fields, or a size that is not a
-            non-negative integer (message names the file and the 1-based line).
+        DataError: empty file, a line that is not exactly two tab-separated fields, a size that is not a
+            non-negative integer (message names the file and the 1-based line), an audio root directory (line 1)
+            that does not exist while some entry is relative to it, or a file that is not UTF-8.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -102,6 +105,11 @@ def load_manifest(path: PathLike, min_sample_size: Optional[int] = None) -> Mani
         files.append(fields[0])
         sizes.append(size)
         line_numbers.append(line_no)
+    if not os.path.isdir(root) and any(not os.path.isabs(f) for f in files):
+        raise DataError(
+            f"{where(path, 1)}: the audio root directory {root} does not exist (the manifest's entries are "
+            "relative to it): fix line 1, or regenerate the manifest where the audio now is"
+        )
     logger.info("%s: loaded %d, skipped %d samples", path, len(files), len(skipped))
     return Manifest(
         path=path,
