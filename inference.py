@@ -239,6 +239,7 @@ def _build_decoder(args: argparse.Namespace, dictionary, verbose: bool = True):
     if not args.lexicon:
         return None
     from common.ctc_decoder import BeamSearchConfig, LexiconError, build_decoder, flashlight_available
+    from common.data.errors import DataError
     from common.ngram_lm import ARPAError
 
     if not os.path.isfile(args.lexicon):
@@ -262,7 +263,7 @@ def _build_decoder(args: argparse.Namespace, dictionary, verbose: bool = True):
                                 progress=verbose)
     except LexiconError as exc:
         raise InferenceError(f"{exc} (dictionary {dictionary.source})") from None
-    except ARPAError as exc:
+    except (ARPAError, DataError) as exc:  # DataError: a lexicon or LM that is not UTF-8 (file, line, column)
         raise InferenceError(str(exc)) from None
     except RuntimeError as exc:  # KenLM (flashlight backend) could not read the LM
         raise InferenceError(f"{args.lm_path}: KenLM cannot read it: {exc}") from None

@@ -50,6 +50,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from common.data.errors import read_text
+
 __all__ = ["LexiconError", "Lexicon", "BeamSearchConfig", "Hypothesis", "CTCBeamSearchDecoder", "letter_spelling",
            "flashlight_available", "build_decoder"]
 
@@ -166,14 +168,13 @@ class Lexicon:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"lexicon not found: {path}")
         lex = cls(symbols, separator, source=path)
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) < 2:
-                    raise LexiconError(f"{path}:{lineno}: expected 'WORD<TAB>S P E L L I N G |', got {line.rstrip()!r}")
-                lex.add(parts[0], parts[1:], where=f"{path}:{lineno}")
+        for lineno, line in enumerate(read_text(path).splitlines(), start=1):  # not UTF-8: DataError, file and line
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise LexiconError(f"{path}:{lineno}: expected 'WORD<TAB>S P E L L I N G |', got {line.rstrip()!r}")
+            lex.add(parts[0], parts[1:], where=f"{path}:{lineno}")
         if not lex.words:
             raise LexiconError(f"{path}: the lexicon is empty")
         return lex

@@ -47,6 +47,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from common.data.errors import DataError, not_utf8_message
+
 __all__ = ["ARPAError", "NGramLM", "BOS", "EOS", "UNK", "LN10", "read_arpa_vocabulary", "open_text", "main"]
 
 LOG = logging.getLogger(__name__)
@@ -70,13 +72,44 @@ class ARPAError(ValueError):
     """A malformed ARPA file; the message names the file and line."""
 
 
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
 def open_text(path: str):
     """A text stream (UTF-8) over a plain or gzip-compressed file (recognised by its magic bytes, not its name)."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
+    if _is_gzip(path):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
     return open(path, encoding="utf-8")
+
+
+def _read_bytes(path: str) -> bytes:
+    with (gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")) as fh:
+        return fh.read()
+
+
+def not_utf8_error(path: str) -> DataError:
+    """The error for a text file (plain or gzip) that is not UTF-8: its file, line, column and byte. Reads the file
+    again, on this error path only (a decoding stream knows neither the line nor the column)."""
+    data = _read_bytes(path)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return DataError(not_utf8_message(path, data, exc.start))
+    return DataError(f"{path}: not UTF-8 text")  # pragma: no cover - the stream refused it
+
+
+def not_utf8_arpa_error(path: str) -> "ARPAError":
+    """:func:`not_utf8_error` for a language model: often a binary KenLM model given where an ARPA file goes."""
+    data = _read_bytes(path)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return ARPAError(f"{path}:{line}: not a UTF-8 text ARPA file (byte 0x{data[exc.start]:02x}); a binary KenLM "
+                         "model can be read only by --decoder_backend flashlight")
+    return ARPAError(f"{path}: not a UTF-8 text ARPA file")  # pragma: no cover
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -389,8 +422,8 @@ class NGramLM:
         with open_text(path) as fh:
             try:
                 return _ArpaReader(path, fh, dtype, progress).read(cls)
-            except UnicodeDecodeError as exc:
-                raise ARPAError(f"{path}: not a UTF-8 text ARPA file ({exc.reason})") from None
+            except UnicodeDecodeError:
+                raise not_utf8_arpa_error(path) from None
 
 
 def _kn_discounts(coc: Counter) -> Tuple[float, float, float]:
@@ -613,6 +646,13 @@ def read_arpa_vocabulary(path: str) -> List[Tuple[str, int]]:
     """The words of an ARPA file's 1-gram section with their line numbers (reads only that section)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"language model not found: {path}")
+    try:
+        return _read_arpa_vocabulary(path)
+    except UnicodeDecodeError:
+        raise not_utf8_arpa_error(path) from None
+
+
+def _read_arpa_vocabulary(path: str) -> List[Tuple[str, int]]:
     out: List[Tuple[str, int]] = []
     with open_text(path) as fh:
         state = 0
@@ -652,15 +692,18 @@ def _iter_text(paths: Sequence[str], uppercase: bool) -> Iterator[Tuple[List[str
         raise FileNotFoundError(f"no transcript files (*.trans.txt) under {', '.join(paths)}")
     for f in files:
         trans = f.endswith(".trans.txt")
-        with open_text(f) as fh:
-            for lineno, line in enumerate(fh, start=1):
-                words = line.split()
-                if trans:
-                    words = words[1:]
-                if uppercase:
-                    words = [w.upper() for w in words]
-                if words:
-                    yield words, f, lineno
+        try:
+            with open_text(f) as fh:
+                for lineno, line in enumerate(fh, start=1):
+                    words = line.split()
+                    if trans:
+                        words = words[1:]
+                    if uppercase:
+                        words = [w.upper() for w in words]
+                    if words:
+                        yield words, f, lineno
+        except UnicodeDecodeError:
+            raise not_utf8_error(f) from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -743,7 +786,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 LOG.warning("%d words left out of the lexicon (letters missing from %s), e.g. %s", len(skipped),
                             args.dict_path, ", ".join(skipped[:5]))
             print(f"{lex_path}: {len(lines)} words")
-    except (ARPAError, LexiconError, ValueError, FileNotFoundError) as exc:
+    except (ARPAError, LexiconError, ValueError, FileNotFoundError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

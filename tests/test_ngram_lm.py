@@ -317,3 +317,34 @@ def test_cli_lexicon_from_arpa_vocabulary(tmp_path, capsys):
     assert f"{bad}:" in err and "word 'ZOO'" in err
     assert main(["--from_arpa", str(bad), "--out_dir", str(out)]) == 2
     assert "--dict" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_lm_files_that_are_not_utf8_name_file_line_and_column(tmp_path, gz):
+    """A Latin-1 ARPA file, transcript or lexicon: one error with the file and line of the first bad byte (Python's
+    decoder names neither; the column too for text the user converts), for the LM reader, the vocabulary reader, the
+    LM builder and the lexicon."""
+    from common.ctc_decoder import Lexicon
+    from common.data.errors import DataError
+
+    lm = NGramLM.estimate([["A", "B"], ["B", "A", "A"]], order=2)
+    good = str(tmp_path / "good.arpa")
+    lm.write_arpa(good)
+    text = open(good, encoding="utf-8").read().replace("\\1-grams:\n", "\\1-grams:\n-1.0\tCAF\xe9\n", 1)
+    lines_before = text[:text.index("CAF")].count("\n") + 1
+    path = str(tmp_path / ("bad.arpa.gz" if gz else "bad.arpa"))
+    data = text.encode("latin-1")
+    with (gzip.open(path, "wb") if gz else open(path, "wb")) as fh:
+        fh.write(data)
+    where = rf"bad\.arpa(\.gz)?:{lines_before}: not a UTF-8 text ARPA file \(byte 0xe9\)"
+    with pytest.raises(ARPAError, match=where):
+        NGramLM.load_arpa(path)
+    with pytest.raises(ARPAError, match=where):
+        read_arpa_vocabulary(path)
+    trans = tmp_path / "train.wrd"
+    trans.write_bytes("A B\nCAF\xe9 A\n".encode("latin-1"))
+    assert main(["--text", str(trans), "--order", "2", "--out_dir", str(tmp_path / "lm")]) == 2
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_bytes("A\tA |\nCAF\xe9\tC A F |\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"lexicon\.txt:2: not UTF-8 text \(byte 0xe9 at column 4\)"):
+        Lexicon.load(str(lexicon), ["<s>", "<pad>", "</s>", "<unk>", "|", "A", "C", "F"])
