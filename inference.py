@@ -482,7 +482,17 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
         progress=Progress(total=None, desc="inference", unit="batch", enabled=env.is_main), chunking=chunking,
     )
     settings.progress.total = settings.num_iterations(len(shard))
-    result = run_ctc_evaluation(model, loader, settings, device=device, batches_per_pass=len(shard))
+    try:
+        result = run_ctc_evaluation(model, loader, settings, device=device, batches_per_pass=len(shard))
+    except DataError as exc:  # a file that fails to load mid-run: print the transcripts made so far, then fail
+        partial = getattr(exc, "partial_evaluation", None)
+        if transcribing and args.steps == 0 and partial is not None and partial.utterances and env.world_size == 1:
+            names = dataset.manifest.files
+            for u in partial.utterances:
+                print(f"{names[u.index]}\t{' '.join(u.hypothesis.split())}", file=transcripts or sys.stdout)
+            print(f"{_count(len(partial.utterances), 'file')} of {len(dataset)} transcribed before this error:",
+                  file=sys.stderr)
+        raise
     if args.cuda_graphs and env.is_main:
         print(model.summary())
     greedy = None

@@ -393,8 +393,24 @@ def run_ctc_evaluation(model: Callable[..., Tuple[torch.Tensor, Optional[torch.T
     total = settings.num_iterations(batches_per_pass)
     result = EvalResult(wer_mode=settings.steps == 0)
     progress = settings.progress
-    symbols = list(settings.symbols)
     t0 = clock()
+    try:
+        _evaluate_batches(model, loader, settings, device, clock, result, total, t0)
+    except Exception as exc:
+        # a file that fails to load mid-run: the utterances finished so far go with the error (a transcription
+        # prints them before reporting it, instead of losing them)
+        exc.partial_evaluation = result.sorted()  # type: ignore[attr-defined]
+        raise
+    if progress is not None:
+        progress.close()
+    return result.sorted()
+
+
+def _evaluate_batches(model, loader, settings: EvalSettings, device: torch.device, clock: Callable[[], float],
+                      result: EvalResult, total: int, t0: float) -> None:
+    """The loop of :func:`run_ctc_evaluation`, adding to ``result``."""
+    progress = settings.progress
+    symbols = list(settings.symbols)
     it = 0
     for it, batch in enumerate(_cycle(loader, settings.steps > 0)):
         if it >= total:
@@ -445,9 +461,6 @@ def run_ctc_evaluation(model: Callable[..., Tuple[torch.Tensor, Optional[torch.T
         synchronize(device)
         t0 = clock()
     result.iterations = min(it + 1, total) if total else 0
-    if progress is not None:
-        progress.close()
-    return result.sorted()
 
 
 # ----------------------------------------------------------------------------------------------- DDP

@@ -449,3 +449,29 @@ def test_non_utf8_dictionary_filelist_and_transcripts_name_file_and_line(setup, 
         assert "Traceback" not in err
         if path.name.startswith("valid"):
             path.write_bytes(original)
+
+
+def test_transcription_keeps_the_transcripts_made_before_a_bad_file(setup, tmp_path, capsys):
+    """--transcribe_filelist over many files, one of which turns out unreadable mid-run: the transcripts already
+    made are printed (they were lost with the error), then the one-line error naming the bad file (exit 2)."""
+    import shutil
+
+    with open(os.path.join(setup["data"], "valid.tsv")) as fh:
+        root = fh.readline().strip()
+        rows = [line.rstrip("\n").split("\t") for line in fh if line.strip()]
+    audio = tmp_path / "audio"
+    shutil.copytree(root, audio)
+    # damage the shortest file and list it last: the last one read whatever the order (filelist or size)
+    last = min(rows, key=lambda r: int(r[1]))
+    rows = [r for r in rows if r is not last] + [last]
+    (audio / last[0]).write_bytes(b"not audio at all" * 64)
+    filelist = tmp_path / "list.tsv"
+    filelist.write_text("\n".join([str(audio)] + ["\t".join(r) for r in rows]) + "\n")
+    common = ["--w2v_path", setup["ckpt"], "--num_workers", "0", "--cpu"]
+    capsys.readouterr()
+    assert inference.main([*common, "--transcribe_filelist", str(filelist)]) == 2
+    captured = capsys.readouterr()
+    printed = [line.split("\t")[0] for line in captured.out.splitlines()]
+    assert sorted(printed) == sorted(r[0] for r in rows if r is not last)
+    assert f"{len(rows) - 1} files of {len(rows)} transcribed before this error" in captured.err
+    assert last[0] in captured.err.splitlines()[-1]
