@@ -42,6 +42,7 @@ __all__ = [
     "grad_norm",
     "clip_grad_norm",
     "adam_state_from_reference",
+    "adapt_optimizer_state",
 ]
 
 PRETRAIN_ADAM_EPS = 1e-6
@@ -112,6 +113,17 @@ class AdamW(torch.optim.AdamW):
             if behind:
                 torch._foreach_add_(behind, 1.0)
         return loss
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """torch's load, then every parameter's step count set to the largest: a state saved by torch's own AdamW
+        (steps counted per parameter) continues with one count, as this class keeps it."""
+        super().load_state_dict(state_dict)
+        steps = [st["step"] for st in self.state.values() if "step" in st]
+        if steps:
+            top = max(float(t) for t in steps)
+            for t in steps:
+                if isinstance(t, torch.Tensor):
+                    t.fill_(top)
 
 
 def nvidia_apex_fused_adam():
@@ -205,6 +217,32 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> flo
     if max_norm > 0 and math.isfinite(total) and total > max_norm:
         scale_gradients(params, max_norm / total)
     return total
+
+
+def adapt_optimizer_state(state: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> Tuple[Dict[str, Any], str]:
+    """A training checkpoint's ``optimizer`` entry in ``optimizer``'s own layout, and what it was converted to ("" when
+    it already was). torch's AdamW keeps a step count per parameter; NVIDIA apex's FusedAdam keeps one in the param
+    group (and other group keys): a run resumed after apex was installed or removed (a rebuilt container) would fail
+    on the other's state. Moments are kept; the step count is the group's (the largest per-parameter one);
+    hyper-parameters come from the saved group, the implementation's own switches from ``optimizer``."""
+    entries = dict(state.get("state", {}))
+    saved_group = (state.get("param_groups") or [{}])[0]
+    saved_per_parameter = any("step" in e for e in entries.values()) or ("step" not in saved_group)
+    target_per_parameter = isinstance(optimizer, torch.optim.AdamW)
+    if saved_per_parameter == target_per_parameter or not entries:
+        return dict(state), ""
+    group = dict(optimizer.state_dict()["param_groups"][0])
+    for key in ("lr", "betas", "eps", "weight_decay"):
+        if key in saved_group:
+            group[key] = tuple(saved_group[key]) if key == "betas" else saved_group[key]
+    moments = {i: {k: e[k] for k in ("exp_avg", "exp_avg_sq")} for i, e in entries.items()}
+    if target_per_parameter:
+        step = float(saved_group.get("step", 0))
+        for m in moments.values():
+            m["step"] = torch.tensor(step, dtype=torch.float32)
+        return {"state": moments, "param_groups": [group]}, "torch AdamW's layout"
+    group["step"] = int(max(float(e["step"]) for e in entries.values() if "step" in e))
+    return {"state": moments, "param_groups": [group]}, "apex FusedAdam's layout"
 
 
 def adam_state_from_reference(ref_state: Mapping[str, Any], params: Iterable[torch.nn.Parameter],

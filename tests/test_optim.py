@@ -311,3 +311,95 @@ def test_parameters_without_gradients_keep_the_groups_step_count(dtype, name, de
     run(range(3, 6), resumed, opt_resumed)
     for p, q in zip(params, resumed):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=0)
+
+
+class _ApexLikeFusedAdam(torch.optim.Optimizer):
+    """NVIDIA apex FusedAdam's Python bookkeeping (AdamW mode): group keys with ``bias_correction``, ONE step count in
+    the param group, per-parameter moments only, and a ``zero_grad()`` without ``set_to_none``. The update is
+    computed with the same formula in plain torch (the real kernel needs CUDA)."""
+
+    def __init__(self, params, lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-8, adam_w_mode=True,
+                 weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, bias_correction=bias_correction, betas=betas, eps=eps,
+                                      weight_decay=weight_decay))
+
+    def zero_grad(self):  # apex's signature: no set_to_none
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            group["step"] = group.get("step", 0) + 1
+            t = group["step"]
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+                st["exp_avg"].mul_(b1).add_(p.grad, alpha=1 - b1)
+                st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                update = (st["exp_avg"] / (1 - b1 ** t)) / ((st["exp_avg_sq"] / (1 - b2 ** t)).sqrt() + group["eps"])
+                p.add_(update + group["weight_decay"] * p, alpha=-group["lr"])
+
+
+def test_optimizer_state_moves_between_torch_and_apex_layouts():
+    """A run resumed after NVIDIA apex was installed (a rebuilt container) or removed: the other implementation's
+    state is converted (moments kept, one step count), and both continue exactly as an uninterrupted run of either
+    (the hand formula: both are AdamW). Without the conversion torch failed on apex's state (KeyError 'step')
+    and apex on torch's."""
+    from common.optim import AdamW, adapt_optimizer_state
+
+    rng = np.random.default_rng(5)
+    grads = [rng.standard_normal(3) for _ in range(4)]
+    start = np.array([0.5, -1.0, 2.0])
+
+    def run(first, second):
+        p = torch.nn.Parameter(torch.tensor(start))
+        opt = first([p])
+        for g in grads[:2]:
+            p.grad = torch.tensor(g)
+            opt.step()
+        nxt = second([p])
+        state, converted = adapt_optimizer_state(opt.state_dict(), nxt)
+        nxt.load_state_dict(state)
+        for g in grads[2:]:
+            p.grad = torch.tensor(g)
+            nxt.step()
+        return p.detach().numpy(), converted
+
+    def torch_adamw(params):
+        return AdamW(params, lr=1e-2, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, foreach=True)
+
+    def apex(params):
+        return _ApexLikeFusedAdam(params, lr=1e-2, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+
+    hand = _hand_adamw(start, grads, 1e-2, 0.9, 0.98, 1e-6, 0.01)
+    for first, second, expected in ((apex, torch_adamw, "torch AdamW's layout"),
+                                    (torch_adamw, apex, "apex FusedAdam's layout")):
+        got, converted = run(first, second)
+        assert converted == expected
+        np.testing.assert_allclose(got, hand, rtol=1e-10, atol=1e-12)
+    same, converted = run(torch_adamw, torch_adamw)
+    assert converted == "" and np.allclose(same, hand)
+
+
+def test_a_torch_adamw_state_with_per_parameter_steps_continues_with_one_count():
+    """States saved before the one-count AdamW (torch's own: a late-starting parameter counted fewer steps) load
+    with every count set to the largest, so the counts do not stay apart for the rest of the run."""
+    from common.optim import AdamW
+
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+    old = torch.optim.AdamW([a, b], lr=1e-3)
+    a.grad = torch.ones(2)
+    old.step()
+    old.step()
+    b.grad = torch.ones(3)
+    old.step()  # a: 3 steps, b: 1
+    assert [float(old.state[p]["step"]) for p in (a, b)] == [3.0, 1.0]
+    new = AdamW([a, b], lr=1e-3)
+    new.load_state_dict(old.state_dict())
+    assert [float(new.state[p]["step"]) for p in (a, b)] == [3.0, 3.0]

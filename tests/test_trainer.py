@@ -890,3 +890,23 @@ def test_resume_states_what_changed_and_refuses_another_model_size_in_one_line(t
     assert train.changed_flags(saved, now) == ["--lr [0.0005] -> [0.001]"]
     assert train.changed_flags(argparse.Namespace(**saved), now) == ["--lr [0.0005] -> [0.001]"]
     assert train.changed_flags(None, now) == []
+
+
+def test_trainer_runs_and_resumes_with_an_apex_like_fused_adam(tmp_path):
+    """The Docker image's optimizer on CUDA is NVIDIA apex's FusedAdam, whose zero_grad() takes no set_to_none (the
+    trainer's call raised TypeError after the first update), and whose state keeps one step count in the group: a
+    checkpoint written under it resumes under torch's AdamW, with a note saying the state was converted."""
+    from test_optim import _ApexLikeFusedAdam
+
+    trainer, model, _ = _toy_trainer(tmp_path, _ToyTask(), max_update=3, validate=False)
+    apex = _ApexLikeFusedAdam(model.parameters(), lr=0.01)
+    trainer.optimizer = trainer.scheduler.optimizer = apex
+    assert trainer.fit().step == 3 and apex.param_groups[0]["step"] == 3
+    ckpt = trainer.state_dict()
+    again, _, _ = _toy_trainer(tmp_path / "b", _ToyTask(), max_update=5, validate=False)
+    said = []
+    again.print = said.append
+    again.load_state_dict(ckpt, source="wav2vec2_update3.pt")
+    assert any("converted to torch AdamW's layout" in s for s in said)
+    assert {float(st["step"]) for st in again.optimizer.state.values()} == {3.0}
+    again.fit()
