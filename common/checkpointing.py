@@ -44,8 +44,10 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         cause = _os_error_in_chain(exc)
         if cause is not None:
             raise OSError(cause.errno, f"could not write checkpoint: {cause.strerror or cause}", path) from exc
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise OSError(errno.EIO, f"could not write checkpoint ({first_line})", path) from exc
+        if isinstance(exc, RuntimeError) and ("PytorchStreamWriter" in str(exc) or "inline_container" in str(exc)):
+            first_line = str(exc).strip().splitlines()[0]  # torch's zip writer failing to write
+            raise OSError(errno.EIO, f"could not write checkpoint ({first_line})", path) from exc
+        raise  # anything else (a CUDA fault, an object torch cannot save) keeps its own traceback
     except BaseException:
         remove_tmp()
         raise

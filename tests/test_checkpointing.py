@@ -144,3 +144,17 @@ def test_a_full_disk_is_one_os_error_naming_the_checkpoint(tmp_path, monkeypatch
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(3))
     assert os.listdir(tmp_path) == ["wav2vec2_update2.pt"]
+
+
+def test_a_save_failing_for_another_reason_keeps_its_own_error(tmp_path):
+    """Only write failures become 'could not write checkpoint': an object torch cannot save (or a CUDA fault) keeps
+    its own exception and traceback, and no temporary file is left."""
+    import common.checkpointing as checkpointing
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle this object")
+
+    with pytest.raises(RuntimeError, match="cannot pickle this object"):
+        checkpointing.atomic_torch_save({"model": {}, "x": Unsaveable()}, str(tmp_path / "c.pt"))
+    assert os.listdir(tmp_path) == []
