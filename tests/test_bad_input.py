@@ -331,7 +331,16 @@ def test_validate_agrees_with_the_trainer(tmp_path, capsys, kind, trainer, resul
     elif kind == "truncated flac":
         assert "truncated 1" in report and "utt00001.flac" in report and "cannot be decoded" in report
     elif kind == "zero frames":
-        assert "1 shorter than one frame (400 samples)" in report and f"{tmp_path / 'train.tsv'}:3" in report
+        assert "1 too short for the model (400 samples)" in report and f"{tmp_path / 'train.tsv'}:3" in report
+
+
+def test_validate_without_labels_needs_the_two_frames_of_pretraining(tmp_path):
+    """train.py pretraining skips audio giving fewer than 2 frames (720 samples for the standard extractor):
+    utils.validate --labels none counts the same files (a 600-sample file gives 1 frame)."""
+    write_corpus(str(tmp_path), [8000, 600, 7000], split="train", transcripts=["A |", "B |", "A B |"])
+    unlabelled = validate.validate(str(tmp_path), "train", labels=None, conv_feature_layers=STANDARD_SPEC)
+    assert unlabelled.min_input_samples == 720 and unlabelled.skipped_no_frames == 1
+    assert "two frames, as pretraining needs" in unlabelled.warnings[0]
 
 
 def test_validate_ignores_an_empty_transcript_the_trainer_never_reads(tmp_path):

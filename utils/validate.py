@@ -8,9 +8,9 @@ Usage::
         [--quiet] [--progress-interval SECONDS] [--conv-feature-layers SPEC]
 
 Mirrors the trainer's filtering (see docs/DATA_TOOLS.md): an entry whose manifest size is below
-``min_sample_size`` is skipped; one too short for a frame of the feature extractor (fewer samples than
-its input for one frame, computed from ``--conv-feature-layers``: 400 for the wav2vec 2.0 extractor) is
-skipped; its token count (its size, capped at ``max_sample_size`` when padding is off) must not exceed
+``min_sample_size`` is skipped; one too short for the model (fewer samples than the feature extractor's
+input for one frame, two without labels as pretraining's negatives need, computed from ``--conv-feature-layers``:
+400 or 720 for the wav2vec 2.0 extractor) is skipped; its token count (its size, capped at ``max_sample_size`` when padding is off) must not exceed
 ``max_tokens`` or it is skipped; kept entries longer than ``max_sample_size`` are cropped when batched.
 In addition every audio file is opened (header only, or fully decoded with ``--decode``) and reported
 unreadable when missing, corrupt, truncated (a WAV shorter than its header declares: caught even when the
@@ -177,7 +177,7 @@ def validate(data: str, subset: str, *, labels: str | None = "ltr", dict_path: s
 
     spec = conv_feature_layers or default_conv_layers()
     conv_layers = parse_conv_layers(spec)
-    need = min_input_samples(conv_layers)
+    need = min_input_samples(conv_layers, frames=1 if labels else 2)  # as train.py: pretraining needs 2 frames
     tsv = os.path.join(data, f"{subset}.tsv")
     manifest = read_manifest(tsv)
     config = dict(sample_rate=sample_rate, min_sample_size=min_sample_size, max_sample_size=max_sample_size,
@@ -241,8 +241,9 @@ def validate(data: str, subset: str, *, labels: str | None = "ltr", dict_path: s
 
     if rep.skipped_no_frames:
         rep.warnings.append(
-            f"{rep.skipped_no_frames} utterance(s) shorter than the {need} samples that give the feature extractor "
-            "one frame: training skips them; as the validation subset train.py refuses them (unless "
+            f"{rep.skipped_no_frames} utterance(s) shorter than the {need} samples the model needs (the feature "
+            f"extractor's input for {'one frame' if labels else 'two frames, as pretraining needs'}): training skips "
+            "them; as the validation subset train.py refuses them (unless "
             "--skip_invalid_size_inputs_valid_test) and inference.py refuses them")
     if rep.kept == 0:
         rep.failures.append("no utterance is kept: the dataset would be EMPTY under this configuration")
@@ -324,7 +325,7 @@ def format_report(rep: Report) -> str:
            "(random crop when batched)" + ("" if c["pad"] else "; with pad off every batch is also "
                                            "cropped to its shortest member"),
            f"skipped:    {rep.skipped_min + rep.skipped_no_frames + rep.skipped_max_tokens} files ({rep.skipped_min} "
-           f"shorter than min_sample_size={c['min_sample_size']}, {rep.skipped_no_frames} shorter than one frame "
+           f"shorter than min_sample_size={c['min_sample_size']}, {rep.skipped_no_frames} too short for the model "
            f"({rep.min_input_samples} samples), {rep.skipped_max_tokens} above max_tokens={c['max_tokens']})",
            "unreadable: {} files ({})".format(rep.n_unreadable, ", ".join(
                f"{k.replace('_', '-')} {v}" for k, v in rep.unreadable.items())),
@@ -340,7 +341,7 @@ def format_report(rep: Report) -> str:
         for sym, info in sorted(rep.missing_symbols.items(), key=lambda kv: (-kv[1]["count"], kv[0])):
             out.append(f"  missing symbol {sym!r}: {info['count']} occurrence(s), first at {info['first']}")
     titles = {"skipped_min": "shorter than min_sample_size", "skipped_max_tokens": "above max_tokens",
-              "skipped_no_frames": "shorter than one frame",
+              "skipped_no_frames": "too short for the model",
               "missing": "missing audio", "corrupt": "corrupt audio", "truncated": "truncated audio",
               "wrong_rate": "wrong sample rate",
               "multi_channel": "multi-channel audio", "size_mismatch": "manifest size differs",
