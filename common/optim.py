@@ -82,34 +82,32 @@ class AdamW(torch.optim.AdamW):
     V2 keeps the step count in the param group; the mixed-precision flat Adam steps every parameter).
 
     A parameter without a gradient in an update (a layer that LayerDrop dropped, the encoder during
-    ``--freeze_finetune_updates``, the frozen feature extractor) is not moved and its moments are kept, as apex V2
-    skips it, but its step count advances with the others'. So when its gradients (re)start, Adam's bias correction is
-    the group's, ``1 - beta**t`` with the run's t, not a fresh start at t = 1: after a 10,000-update freeze the
-    encoder's first update is ``0.1 g / sqrt(0.02 g^2) = 0.71`` lr-units per coordinate, as the reference's, not 1.
-    (torch's own AdamW counts steps per parameter and restarts them.)
+    ``--freeze_finetune_updates``) is not moved and its moments are kept, as apex V2 skips it, but its step count
+    advances with the others'; one whose first gradient comes late starts with zero moments at the group's count (no
+    state is kept for a parameter that never has a gradient, e.g. a frozen feature extractor). So when its gradients
+    (re)start, Adam's bias correction is the group's, ``1 - beta**t`` with the run's t, not a fresh start at t = 1:
+    after a 10,000-update freeze the encoder's first update is ``0.1 g / sqrt(0.02 g^2) = 0.71`` lr-units per
+    coordinate, as the reference's, not 1. (torch's own AdamW counts steps per parameter and restarts them.)
     """
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = super().step(closure)
-        for group in self.param_groups:
-            stepped = next((p for p in group["params"] if p.grad is not None), None)
-            if stepped is None:
+        for group in self.param_groups:  # a parameter's first gradient: zero moments at the group's step count
+            counted = next((self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, ())), None)
+            if counted is None:
                 continue
-            reference_step = self.state[stepped]["step"]
-            behind = []
             for p in group["params"]:
-                if p.grad is not None:
-                    continue
-                state = self.state[p]
-                if "step" in state:
-                    behind.append(state["step"])
-                else:  # no gradient yet: zero moments at the group's step count (step() then finds them)
-                    state["step"] = reference_step.clone()
+                if p.grad is not None and "step" not in self.state.get(p, ()):
+                    state = self.state[p]
+                    state["step"] = counted.clone()
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     if group.get("amsgrad"):
                         state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        loss = super().step(closure)
+        for group in self.param_groups:  # a parameter without a gradient this time: its count advances all the same
+            behind = [self.state[p]["step"] for p in group["params"]
+                      if p.grad is None and "step" in self.state.get(p, ())]
             if behind:
                 torch._foreach_add_(behind, 1.0)
         return loss

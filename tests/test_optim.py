@@ -403,3 +403,16 @@ def test_a_torch_adamw_state_with_per_parameter_steps_continues_with_one_count()
     new = AdamW([a, b], lr=1e-3)
     new.load_state_dict(old.state_dict())
     assert [float(new.state[p]["step"]) for p in (a, b)] == [3.0, 3.0]
+
+
+def test_a_parameter_that_never_has_a_gradient_keeps_no_state():
+    """A frozen feature extractor (no gradient ever) costs no moments in memory or in checkpoints."""
+    from common.optim import AdamW
+
+    used, frozen = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1000))
+    opt = AdamW([used, frozen], lr=1e-3)
+    for _ in range(3):
+        used.grad = torch.ones(2)
+        opt.step()
+    assert frozen not in opt.state or not opt.state[frozen]
+    assert [k for k, v in opt.state_dict()["state"].items() if v] == [0]
