@@ -230,6 +230,11 @@ class Trainer:
         own = self.model.state_dict()
         other_shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in ckpt["model"].items()
                         if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
+        if other_shapes and all(k.startswith("w2v_encoder.proj.") for k, _, _ in other_shapes):
+            _, theirs, ours = other_shapes[0]
+            raise RuntimeError(f"{source} was trained with another dictionary: {theirs[0]} output symbols there, "
+                               f"{ours[0]} here; fine-tune with the dictionary it was trained with (--labels and the "
+                               "dict.<labels>.txt of --data), or give this run its own --output_dir")
         if other_shapes:
             key, theirs, ours = other_shapes[0]
             raise RuntimeError(f"{source} holds a model of another size: {len(other_shapes)} weight(s) differ in shape, "

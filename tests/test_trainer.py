@@ -877,6 +877,12 @@ def test_resume_states_what_changed_and_refuses_another_model_size_in_one_line(t
     assert str(err.value).count("\n") == 0
     assert "wav2vec2_update3.pt holds a model of another size: 2 weight(s)" in str(err.value)
     assert "weight is [2, 3] there and [4, 3] here" in str(err.value)
+    ctc = dict(ckpt, model={"w2v_encoder.proj.weight": torch.zeros(32, 3), "w2v_encoder.proj.bias": torch.zeros(32)})
+    wider.model = torch.nn.Module()
+    wider.model.w2v_encoder = torch.nn.Module()
+    wider.model.w2v_encoder.proj = torch.nn.Linear(3, 30)
+    with pytest.raises(RuntimeError, match="another dictionary: 32 output symbols there, 30 here"):
+        wider.load_state_dict(ctc, source="ft.pt")
 
     seen = []
     same, _, _ = _toy_trainer(tmp_path / "c", _ToyTask(), max_update=5, validate=False)
