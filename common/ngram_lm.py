@@ -47,7 +47,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from common.data.errors import DataError, not_utf8_message
+from common.data.errors import DataError, not_utf8_line_message
 
 __all__ = ["ARPAError", "NGramLM", "BOS", "EOS", "UNK", "LN10", "read_arpa_vocabulary", "open_text", "main"]
 
@@ -84,32 +84,52 @@ def open_text(path: str):
     return open(path, encoding="utf-8")
 
 
-def _read_bytes(path: str) -> bytes:
+def first_non_utf8(path: str, chunk_size: int = 1 << 22) -> Optional[Tuple[int, int, int]]:
+    """``(line, column, byte)`` (1-based) of the first byte of ``path`` (plain or gzip) that is not UTF-8, or None if
+    the file decodes. Reads in chunks: a multi-GB corpus or LM costs no more memory than a chunk."""
+    line, column = 1, 0  # position after the bytes consumed so far (column = bytes since the last newline)
+    carry = b""  # an incomplete character at the end of the previous chunk
     with (gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")) as fh:
-        return fh.read()
+        while True:
+            chunk = fh.read(chunk_size)
+            data, carry = carry + chunk, b""
+            if not data:
+                return None
+            bad = None
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if chunk and exc.reason == "unexpected end of data":  # a character split by the chunk boundary
+                    data, carry = data[:exc.start], data[exc.start:]
+                else:
+                    bad = exc.start
+            good = data if bad is None else data[:bad]
+            newlines = good.count(b"\n")
+            line += newlines
+            column = len(good) - good.rfind(b"\n") - 1 if newlines else column + len(good)
+            if bad is not None:
+                return line, column + 1, data[bad]
+            if not chunk:
+                return None
 
 
 def not_utf8_error(path: str) -> DataError:
-    """The error for a text file (plain or gzip) that is not UTF-8: its file, line, column and byte. Reads the file
-    again, on this error path only (a decoding stream knows neither the line nor the column)."""
-    data = _read_bytes(path)
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return DataError(not_utf8_message(path, data, exc.start))
-    return DataError(f"{path}: not UTF-8 text")  # pragma: no cover - the stream refused it
+    """The error for a text file (plain or gzip) that is not UTF-8: its file, line, column and byte (a decoding
+    stream knows neither the line nor the column: the file is scanned again, in chunks, on this error path)."""
+    found = first_non_utf8(path)
+    if found is None:  # pragma: no cover - the stream refused it
+        return DataError(f"{path}: not UTF-8 text")
+    return DataError(not_utf8_line_message(path, *found))
 
 
 def not_utf8_arpa_error(path: str) -> "ARPAError":
     """:func:`not_utf8_error` for a language model: often a binary KenLM model given where an ARPA file goes."""
-    data = _read_bytes(path)
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        return ARPAError(f"{path}:{line}: not a UTF-8 text ARPA file (byte 0x{data[exc.start]:02x}); a binary KenLM "
-                         "model can be read only by --decoder_backend flashlight")
-    return ARPAError(f"{path}: not a UTF-8 text ARPA file")  # pragma: no cover
+    found = first_non_utf8(path)
+    if found is None:  # pragma: no cover
+        return ARPAError(f"{path}: not a UTF-8 text ARPA file")
+    line, _, byte = found
+    return ARPAError(f"{path}:{line}: not a UTF-8 text ARPA file (byte 0x{byte:02x}); a binary KenLM model can be "
+                     "read only by --decoder_backend flashlight")
 
 
 # ----------------------------------------------------------------------------------------------- tables

@@ -348,3 +348,24 @@ def test_lm_files_that_are_not_utf8_name_file_line_and_column(tmp_path, gz):
     lexicon.write_bytes("A\tA |\nCAF\xe9\tC A F |\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"lexicon\.txt:2: not UTF-8 text \(byte 0xe9 at column 4\)"):
         Lexicon.load(str(lexicon), ["<s>", "<pad>", "</s>", "<unk>", "|", "A", "C", "F"])
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 5, 1 << 20])
+def test_the_first_bad_byte_is_found_in_chunks(tmp_path, chunk_size):
+    """The scan that names a non-UTF-8 byte reads in chunks (a large LM corpus must not be read whole): multi-byte
+    characters split by a chunk boundary are not errors, and line and column are those of the whole file (oracle:
+    Python's decoder on the whole file)."""
+    from common.ngram_lm import first_non_utf8
+
+    text = "é\nçà b\nab".encode("utf-8") + b"c\xe9d\n" + "ü\n".encode("utf-8")
+    path = tmp_path / "t.txt"
+    path.write_bytes(text)
+    with pytest.raises(UnicodeDecodeError) as whole:
+        text.decode("utf-8")
+    pos = whole.value.start
+    expected = (text.count(b"\n", 0, pos) + 1, pos - text.rfind(b"\n", 0, pos), text[pos])
+    assert expected == (3, 4, 0xE9)
+    assert first_non_utf8(str(path), chunk_size=chunk_size) == expected
+    good = tmp_path / "good.txt"
+    good.write_bytes("é\nçà\n".encode("utf-8"))
+    assert first_non_utf8(str(good), chunk_size=chunk_size) is None

@@ -56,7 +56,12 @@ def not_utf8_message(path: PathLike, data: bytes, pos: int) -> str:
     """One line for a non-UTF-8 byte at offset ``pos`` of ``data`` (the bytes of ``path``): file, line, column."""
     line = data.count(b"\n", 0, pos) + 1
     column = pos - data.rfind(b"\n", 0, pos)
-    return (f"{where(path, line)}: not UTF-8 text (byte 0x{data[pos]:02x} at column {column}); filelists, "
+    return not_utf8_line_message(path, line, column, data[pos])
+
+
+def not_utf8_line_message(path: PathLike, line: int, column: int, byte: int) -> str:
+    """One line for a non-UTF-8 ``byte`` at 1-based ``line`` and ``column`` of ``path``."""
+    return (f"{where(path, line)}: not UTF-8 text (byte 0x{byte:02x} at column {column}); filelists, "
             "transcripts and dictionaries must be UTF-8: convert the file (e.g. iconv -f latin1 -t utf-8)")
 
 
