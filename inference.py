@@ -393,7 +393,10 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
     except ValueError as exc:
         raise InferenceError(str(exc)) from None
 
-    env = init_distributed(cpu=args.cpu, device=args.device)
+    try:
+        env = init_distributed(cpu=args.cpu, device=args.device)
+    except ValueError as exc:  # a GPU that is not there, or one GPU for several ranks
+        raise InferenceError(str(exc)) from None
     device = env.device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InferenceError(f"--device {device} requested but CUDA is not available")

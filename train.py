@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """The run of parsed ``args``; returns the exit status."""
-    env = init_distributed(cpu=args.cpu, device=args.device)
+    try:
+        env = init_distributed(cpu=args.cpu, device=args.device)
+    except ValueError as exc:  # a GPU that is not there, or one GPU for several ranks
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print_fn = print if env.is_main else (lambda *a, **k: None)
     if env.distributed:
         print_fn(f"World size: {env.world_size}")

@@ -181,7 +181,9 @@ def main(argv=None) -> int:
             loss = step_ours_fwd()
         loss.backward()
         opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
+        for group in opt_ours.param_groups:  # by hand: apex's FusedAdam.zero_grad() takes no set_to_none
+            for p in group["params"]:
+                p.grad = None
 
     def step_hf():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.hf_bf16):

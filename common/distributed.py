@@ -9,6 +9,7 @@ no weight decay or momentum step for a layer that LayerDrop dropped everywhere.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -17,6 +18,10 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistEnv", "init_distributed", "all_reduce_gradients", "all_reduce_sum", "barrier", "shutdown"]
+
+
+#: how long a collective may wait for a lagging rank before the run is aborted (see init_distributed)
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -35,12 +40,27 @@ class DistEnv:
         return self.world_size > 1
 
 
-def select_device(cpu: bool = False, device: Optional[str] = None, local_rank: int = 0) -> torch.device:
+def select_device(cpu: bool = False, device: Optional[str] = None, local_rank: int = 0,
+                  world_size: int = 1) -> torch.device:
+    """``--device`` (``cuda`` means this rank's GPU, ``cuda:<local_rank>``), else this rank's GPU when CUDA is
+    available and ``--cpu`` is not given, else the CPU. One GPU per rank: an explicit index is refused under
+    torchrun with several ranks (every rank would use that one GPU), and a local rank beyond the visible GPUs is an
+    error naming NUM_GPUS / --nproc_per_node."""
     if device:
-        return torch.device(device)
-    if not cpu and torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        elif dev.type == "cuda" and world_size > 1:
+            raise ValueError(f"--device {device} puts all {world_size} ranks on one GPU: give --device cuda (each "
+                             "rank takes the GPU of its LOCAL_RANK) or restrict the GPUs with CUDA_VISIBLE_DEVICES")
+    elif not cpu and torch.cuda.is_available():
+        dev = torch.device("cuda", local_rank)
+    else:
+        return torch.device("cpu")
+    if dev.type == "cuda" and torch.cuda.is_available() and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"GPU {dev.index} requested (local rank {local_rank}) but only {torch.cuda.device_count()} "
+                         "visible: lower NUM_GPUS / torchrun --nproc_per_node, or check CUDA_VISIBLE_DEVICES")
+    return dev
 
 
 def synchronize(device: torch.device) -> None:
@@ -56,11 +76,14 @@ def init_distributed(cpu: bool = False, device: Optional[str] = None) -> DistEnv
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = select_device(cpu, device, local)
+    dev = select_device(cpu, device, local, world)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://")
+        # 30 min instead of NCCL's 10 before a collective is declared hung: rank 0 writing a Large checkpoint (twice
+        # for a new best), every rank reading one at a resume, or torch.compile's first graphs can keep ranks apart
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://",
+                                timeout=COLLECTIVE_TIMEOUT)
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
 
 

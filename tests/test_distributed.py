@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -113,3 +114,25 @@ def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_update(tmp_pa
     steps = [torch.load(tmp_path / f"stopped{r}.pt", weights_only=True)["step"] for r in (0, 1)]
     assert steps == [3, 3]
     assert os.path.exists(tmp_path / "run" / "wav2vec2_update3.pt")
+
+
+def test_device_selection_gives_each_rank_its_own_gpu(monkeypatch):
+    """--device cuda means this rank's GPU (torch.cuda.set_device refuses an index-less device, so --device cuda
+    used to fail at start-up); an explicit index under several ranks would put them all on one GPU and is refused;
+    a local rank beyond the visible GPUs (NUM_GPUS=8 on a 4-GPU machine) is one error naming the cause. CUDA is
+    faked: only the choice is tested."""
+    import torch
+
+    from common.distributed import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert select_device(device="cuda", local_rank=3, world_size=4) == torch.device("cuda", 3)
+    assert select_device(local_rank=2, world_size=4) == torch.device("cuda", 2)
+    assert select_device(device="cuda:1") == torch.device("cuda", 1)  # one process: any GPU it names
+    assert select_device(cpu=True, local_rank=2, world_size=4) == torch.device("cpu")
+    assert select_device(device="cpu", world_size=4) == torch.device("cpu")
+    with pytest.raises(ValueError, match="puts all 8 ranks on one GPU"):
+        select_device(device="cuda:1", local_rank=0, world_size=8)
+    with pytest.raises(ValueError, match="GPU 5 requested .* only 4 visible: lower NUM_GPUS"):
+        select_device(local_rank=5, world_size=8)
