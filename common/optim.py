@@ -227,12 +227,14 @@ def adapt_optimizer_state(state: Mapping[str, Any], optimizer: torch.optim.Optim
     saved_group = (state.get("param_groups") or [{}])[0]
     saved_per_parameter = any("step" in e for e in entries.values()) or ("step" not in saved_group)
     target_per_parameter = isinstance(optimizer, torch.optim.AdamW)
-    if saved_per_parameter == target_per_parameter or not entries:
-        return dict(state), ""
     group = dict(optimizer.state_dict()["param_groups"][0])
     for key in ("lr", "betas", "eps", "weight_decay"):
         if key in saved_group:
             group[key] = tuple(saved_group[key]) if key == "betas" else saved_group[key]
+    if not entries:  # saved before the first step: nothing to convert, but the group keys must be the optimizer's
+        return {"state": {}, "param_groups": [group]}, ""
+    if saved_per_parameter == target_per_parameter:
+        return dict(state), ""
     moments = {i: {k: e[k] for k in ("exp_avg", "exp_avg_sq")} for i, e in entries.items()}
     if target_per_parameter:
         step = float(saved_group.get("step", 0))

@@ -306,7 +306,8 @@ class Trainer:
         if not isinstance(ref, Mapping):
             raise ValueError(f"{source}: reference checkpoint without an optimizer state")
         try:
-            self.optimizer.load_state_dict(adam_state_from_reference(ref, self.params, self.optimizer))
+            converted = adam_state_from_reference(ref, self.params, self.optimizer)  # in torch AdamW's layout
+            self.optimizer.load_state_dict(adapt_optimizer_state(converted, self.optimizer)[0])  # apex: its own
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{source}: the reference optimizer state does not fit this model: {exc}") from None
         if "loss_scale" in ref:

@@ -416,3 +416,26 @@ def test_a_parameter_that_never_has_a_gradient_keeps_no_state():
         opt.step()
     assert frozen not in opt.state or not opt.state[frozen]
     assert [k for k, v in opt.state_dict()["state"].items() if v] == [0]
+
+
+def test_reference_state_and_a_state_saved_before_any_step_fit_apex_too():
+    """A reference checkpoint's optimizer (converted to torch's per-parameter layout) resumed with apex installed
+    keeps its step count in apex's group (it restarted at 1); a state saved before the first step loads into the
+    other implementation with that implementation's group keys (apex's step() needs bias_correction)."""
+    from common.optim import AdamW, adapt_optimizer_state
+
+    params = _two_params()
+    apex = _ApexLikeFusedAdam(params, lr=1e-3)
+    ref = {"state": {0: {"step": 7, "exp_avg": torch.zeros(10), "exp_avg_sq": torch.zeros(10)}},
+           "param_groups": [{"params": [0], "lr": 3e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01}]}
+    state, converted = adapt_optimizer_state(adam_state_from_reference(ref, params, apex), apex)
+    apex.load_state_dict(state)
+    assert converted == "apex FusedAdam's layout" and apex.param_groups[0]["step"] == 7
+    assert apex.param_groups[0]["lr"] == 3e-4 and "bias_correction" in apex.param_groups[0]
+    fresh = AdamW(_two_params(), lr=1e-3).state_dict()  # no step taken
+    other = _ApexLikeFusedAdam(_two_params(), lr=1e-3)
+    other.load_state_dict(adapt_optimizer_state(fresh, other)[0])
+    for p in other.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    other.step()
+    assert other.param_groups[0]["step"] == 1
