@@ -194,3 +194,45 @@ def test_tolerance_and_threshold_worked_by_hand():
     results = [scaler.update(math.inf, k) for k in (3, 4, 5)]
     assert all(r.skipped for r in results)
     assert [r.loss_scale for r in results] == [8.0, 4.0, 3.0]
+
+
+def test_fp32_attention_and_cosine_similarity_stay_float32_under_bf16_autocast(monkeypatch):
+    """--fp32_mha_softmax and --fp32_cosine_sim (the FP16 recipe sets the latter): autocast casts the inputs of SDPA,
+    bmm and @ down to the autocast dtype, so casting them to float32 was not enough (float32 in, bfloat16 out).
+    Oracle: the same computation in float64 without autocast; BF16 is ~1e-2 away, float32 ~1e-6."""
+    import torch.nn.functional as F
+
+    import wav2vec2.encoder as encoder
+    from wav2vec2.negatives import contrastive_logits, contrastive_logits_from_indices
+
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kw):
+        out = real_sdpa(q, k, v, **kw)
+        calls.append((q.detach(), k.detach(), v.detach(), out.detach()))
+        return out
+
+    monkeypatch.setattr(encoder.F, "scaled_dot_product_attention", recording_sdpa)
+    torch.manual_seed(0)
+    attn = encoder.MultiheadSelfAttention(16, 2, 0.0, fp32_softmax=True).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(torch.randn(2, 7, 16))
+    q, k, v, out = calls[0]
+    assert q.dtype == out.dtype == torch.float32
+    ref = real_sdpa(q.double(), k.double(), v.double())
+    assert (out.double() - ref).abs().max() < 1e-5
+    xs, ys = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    idx = torch.randint(0, 10, (2, 5, 3))
+    ref = contrastive_logits_from_indices(xs.double(), ys.double(), idx, 0, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fp32 = contrastive_logits_from_indices(xs, ys, idx, 0, 0.1, fp32=True)
+        low = contrastive_logits_from_indices(xs, ys, idx, 0, 0.1, fp32=False)
+    finite = torch.isfinite(ref)
+    assert fp32.dtype == torch.float32 and (fp32.double() - ref)[finite].abs().max() < 1e-5
+    assert (low.double() - ref)[finite].abs().max() > 1e-3  # what the flag exists to avoid
+    negs = ys.unsqueeze(0).expand(3, -1, -1, -1) + torch.randn(3, 2, 5, 8)
+    ref = contrastive_logits(xs.double(), ys.double(), negs.double(), 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fp32 = contrastive_logits(xs, ys, negs, 0.1, fp32=True)
+    assert (fp32.double() - ref).abs().max() < 1e-5

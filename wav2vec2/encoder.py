@@ -13,6 +13,7 @@ alone computes (the reference lets padded frames leak into boundary windows, REF
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HourglassSpec, Wav2Vec2Config
-from .layers import bert_init_, get_activation, make_layer_norm
+from .layers import autocast_off, bert_init_, get_activation, make_layer_norm
 
 __all__ = [
     "WeightNormConv1d",
@@ -187,11 +188,14 @@ class MultiheadSelfAttention(nn.Module):
         q, k, v = (p(x).view(b, t, self.heads, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         dtype = q.dtype
-        if self.fp32_softmax:
+        precision = contextlib.nullcontext()
+        if self.fp32_softmax:  # float32 for real: under autocast SDPA would cast them back down
             q, k, v = q.float(), k.float(), v.float()
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+            precision = autocast_off(q.device)
+        with precision:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            )
         y = y.to(dtype).transpose(1, 2).reshape(b, t, c)
         return self.out_proj(y)
 

@@ -6,8 +6,9 @@ fairseq / NVIDIA checkpoints load unchanged whichever variant a config selects.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -112,3 +113,11 @@ def conv_out_length(length: torch.Tensor | int, kernel: int, stride: int):
     if isinstance(length, torch.Tensor):
         return torch.div(length - kernel, stride, rounding_mode="floor") + 1
     return math.floor((length - kernel) / stride + 1)
+
+
+def autocast_off(device: torch.device) -> ContextManager:
+    """Autocast switched off on ``device`` while it is on (else nothing): inside, float32 inputs stay float32. The
+    ``--fp32_*`` switches need it, because autocast casts the inputs of matmul-like ops (SDPA, bmm, @) down again."""
+    if device.type in ("cpu", "cuda", "xpu") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()

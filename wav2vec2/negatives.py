@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from .layers import autocast_off
 
 __all__ = ["sample_negative_indices", "gather_negatives", "contrastive_logits", "contrastive_logits_from_indices"]
 
@@ -66,12 +69,13 @@ def contrastive_logits(
     out_dtype = x.dtype
     if fp32:
         x, y, negatives = x.float(), y.float(), negatives.float()
-    neg_is_pos = (negatives == y.unsqueeze(0)).all(-1)
-    targets = torch.cat([y.unsqueeze(0), negatives], dim=0)
-    logits = F.cosine_similarity(x.unsqueeze(0), targets, dim=-1, eps=1e-8)
-    logits = logits / logit_temp
-    if neg_is_pos.any():
-        logits = torch.cat([logits[:1], logits[1:].masked_fill(neg_is_pos, float("-inf"))], dim=0)
+    with autocast_off(x.device) if fp32 else contextlib.nullcontext():
+        neg_is_pos = (negatives == y.unsqueeze(0)).all(-1)
+        targets = torch.cat([y.unsqueeze(0), negatives], dim=0)
+        logits = F.cosine_similarity(x.unsqueeze(0), targets, dim=-1, eps=1e-8)
+        logits = logits / logit_temp
+        if neg_is_pos.any():
+            logits = torch.cat([logits[:1], logits[1:].masked_fill(neg_is_pos, float("-inf"))], dim=0)
     return logits.to(out_dtype)
 
 
@@ -98,12 +102,20 @@ def contrastive_logits_from_indices(
     :func:`contrastive_logits` to float rounding (tested).
     """
     out_dtype = x.dtype
-    if fp32:
-        x, y = x.float(), y.float()
-    b, m, d = x.shape
     n = indices.shape[-1]
     if not 0 <= num_within <= n:
         raise ValueError(f"num_within={num_within} must lie in [0, {n}] (columns of the negative indices)")
+    if fp32:  # float32 for real: under autocast the matmuls would cast their inputs back down
+        with autocast_off(x.device):
+            return _logits_from_indices(x.float(), y.float(), indices, num_within, logit_temp).to(out_dtype)
+    return _logits_from_indices(x, y, indices, num_within, logit_temp).to(out_dtype)
+
+
+def _logits_from_indices(x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, num_within: int,
+                         logit_temp: float) -> torch.Tensor:
+    """The computation of :func:`contrastive_logits_from_indices`, in the inputs' dtype."""
+    b, m, d = x.shape
+    n = indices.shape[-1]
     xn = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-8)
     yn = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(1e-8)
     parts = [(xn * yn).sum(-1).unsqueeze(0)]
@@ -119,5 +131,4 @@ def contrastive_logits_from_indices(
     with torch.no_grad():
         flat = y.reshape(b * m, d)
         neg_is_pos = (flat[indices.reshape(-1)].view(b, m, n, d) == y.unsqueeze(2)).all(-1).permute(2, 0, 1)
-    logits = torch.cat([logits[:1], logits[1:].masked_fill(neg_is_pos, float("-inf"))], dim=0)
-    return logits.to(out_dtype)
+    return torch.cat([logits[:1], logits[1:].masked_fill(neg_is_pos, float("-inf"))], dim=0)
