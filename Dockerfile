@@ -3,8 +3,11 @@
 ARG FROM_IMAGE_NAME=nvcr.io/nvidia/pytorch:25.05-py3
 FROM ${FROM_IMAGE_NAME}
 
+# NGC images force TF32 in cuBLAS (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1) whatever the code asks: 0 gives the
+# decision back to --tf32 (default true, so the recipes' default is unchanged; --tf32 false is then real FP32)
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONPATH=/workspace/wav2vec2
+    PYTHONPATH=/workspace/wav2vec2 \
+    TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=0
 WORKDIR /workspace/wav2vec2
 
 # NVIDIA apex: the training uses its FusedAdam on CUDA when it is importable (common/optim.py, "auto"), torch's fused

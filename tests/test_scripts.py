@@ -636,6 +636,7 @@ def test_docker_build_and_run(tmp_path):
     args = log.read_text().splitlines()
     assert args[0] == "run" and "--gpus" in args and "--ipc=host" in args
     assert f"{datasets}:/datasets" in args and f"{ROOT}:/workspace/wav2vec2" in args
+    assert "PYTHON=python" in args  # the image's interpreter, not a host .venv in the mounted checkout
     assert args[-2:] == ["wav2vec2:latest", "bash"]
     env["DATASET_DIR"] = str(tmp_path / "none")
     res = subprocess.run(["bash", os.path.join(SCRIPTS, "docker", "run.sh")], env=env, capture_output=True,
@@ -648,6 +649,7 @@ def test_dockerfile():
     assert "ARG FROM_IMAGE_NAME=nvcr.io/nvidia/pytorch:" in text and "FROM ${FROM_IMAGE_NAME}" in text
     assert "git+https://github.com/NVIDIA/dllogger@v1.0.0#egg=dllogger" in text
     assert "WORKDIR /workspace/wav2vec2" in text and "pip install --no-cache-dir --no-deps -e ." in text
+    assert "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=0" in text  # --tf32 false must mean FP32 inside the NGC image
     ignore = open(os.path.join(ROOT, ".dockerignore")).read().split()
     for entry in ("datasets/", "results/", "models/", "pretrained_models/", "tb_*/", "*.pt", ".venv/"):
         assert entry in ignore

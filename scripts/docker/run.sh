@@ -16,8 +16,10 @@ fi
 DATASET_DIR=$(cd "$DATASET_DIR" && pwd)
 if [ $# -eq 0 ]; then set -- bash; fi
 
+# PYTHON=python: the image's interpreter (with its CUDA torch, apex and dllogger), not a host .venv that the mounted
+# checkout may carry (the scripts would otherwise prefer it)
 cmd=(docker run -it --rm --gpus all --ipc=host
-    --env PYTHONDONTWRITEBYTECODE=1
+    --env PYTHONDONTWRITEBYTECODE=1 --env PYTHON=python
     -v "$DATASET_DIR:/datasets"
     -v "$REPO_ROOT:/workspace/wav2vec2"
     "$IMAGE" "$@")
