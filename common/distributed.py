@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -85,6 +85,16 @@ def init_distributed(cpu: bool = False, device: Optional[str] = None) -> DistEnv
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://",
                                 timeout=COLLECTIVE_TIMEOUT)
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def first_of_ranks(value: Any, world_size: int) -> Any:
+    """The first rank's ``value`` that is not None (every rank must call it), e.g. the metric keys of a validation
+    batch, which a rank with an empty batch does not have but must all-reduce in the same order."""
+    if world_size <= 1 or not dist.is_initialized():
+        return value
+    values: list = [None] * world_size
+    dist.all_gather_object(values, value)
+    return next((v for v in values if v is not None), None)
 
 
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter], world_size: int, bucket_mb: float = 32.0) -> None:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from common.checkpointing import Checkpointer, atomic_torch_save
-from common.distributed import DistEnv, all_reduce_gradients, all_reduce_sum
+from common.distributed import DistEnv, all_reduce_gradients, all_reduce_sum, first_of_ranks
 from common.health import HealthMonitor
 from common.lr_schedules import LRScheduler
 from common.metrics import MetricsAggregator
@@ -622,7 +622,9 @@ class Trainer:
                     _, _, log = self.task.valid_step(model, self._to_device(batch), self.generator)
                 keys = keys or list(log)
                 log = dict(log, ignore=0)
-            else:
+            if i == 0 and self.env.world_size > 1:  # a rank whose first batch is empty learns the keys to log
+                keys = first_of_ranks(keys, self.env.world_size)
+            if not batch:
                 log = {k: 0.0 for k in (keys or [])}
                 log["ignore"] = 1
             vm.log(log)

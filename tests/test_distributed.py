@@ -136,3 +136,58 @@ def test_device_selection_gives_each_rank_its_own_gpu(monkeypatch):
         select_device(device="cuda:1", local_rank=0, world_size=8)
     with pytest.raises(ValueError, match="GPU 5 requested .* only 4 visible: lower NUM_GPUS"):
         select_device(local_rank=5, world_size=8)
+
+
+def _validation_worker(rank: int, port: int, out_dir: str) -> None:
+    """Two ranks validate; rank 1's only batch is empty (fewer validation utterances than ranks)."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        from test_trainer import _ToyLoader, _ToyTask
+
+        from common.distributed import DistEnv
+        from common.lr_schedules import LRScheduleConfig, LRScheduler
+        from common.metrics import MetricsAggregator, MetricsSpec
+        from common.optim import OptimizerConfig, build_optimizer
+        from common.precision import PrecisionPolicy
+        from common.trainer import Trainer, TrainerConfig
+
+        class _ValidLoader(_ToyLoader):
+            def __iter__(self):
+                for batch in super().__iter__():
+                    yield batch if rank == 0 else {}
+
+        class _NoLog:
+            def log(self, step, data):
+                pass
+
+            def flush(self):
+                pass
+
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        opt = build_optimizer(model.parameters(), OptimizerConfig(lr=0.01))
+        precision = PrecisionPolicy(mode="fp32", device="cpu")
+        trainer = Trainer(
+            TrainerConfig(output_dir=os.path.join(out_dir, "run"), max_update=1, validate=True), model=model,
+            task=_ToyTask(), optimizer=opt,
+            scheduler=LRScheduler(opt, LRScheduleConfig(lr=0.01, max_update=100, warmup_updates=1)),
+            precision=precision, scaler=precision.make_loss_scaler(2, 1), train_loader=_ToyLoader(2),
+            valid_loader=_ValidLoader(1), metrics=MetricsAggregator(MetricsSpec.pretrain()),
+            valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=_NoLog(), print_fn=lambda *a: None,
+            env=DistEnv(rank=rank, world_size=2),
+        )
+        res = trainer._validation_pass(model)
+        torch.save({"loss": res["loss"], "ntokens": res["ntokens"]}, os.path.join(out_dir, f"val{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_validation_with_an_empty_first_batch_on_one_rank(tmp_path):
+    """Fewer validation utterances than ranks: a rank whose first batch is empty did not know the metric keys and
+    all-reduced a shorter list than the others (gloo: a wrong result or a crash; NCCL: a hang). It now learns them
+    from the other ranks; both ranks report the same figures, those of rank 0's batch alone."""
+    mp.spawn(_validation_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"val{r}.pt", weights_only=True) for r in (0, 1))
+    assert a == b and a["ntokens"] == 4
