@@ -14,6 +14,7 @@ import argparse
 import os
 import random
 import sys
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from common.args import add_common_args
 from common.checkpointing import Checkpointer, UnreadableCheckpointsError
 from common.data import Dictionary, LoaderConfig, build_loader, open_split
 from common.data.errors import DataError, error_message
-from common.distributed import all_reduce_sum, init_distributed, shutdown
+from common.distributed import all_reduce_sum, init_distributed, shutdown, synchronize
 from common.health import HealthConfig, HealthMonitor
 from common.logging import TensorBoardLogger, build_logger, training_metadata
 from common.lr_schedules import LRScheduleConfig, LRScheduler
@@ -264,8 +265,11 @@ def run(args: argparse.Namespace) -> int:
     def reduce_fn(values):
         return all_reduce_sum(values, env.device)
 
-    metrics = MetricsAggregator(spec_train, benchmark_epochs_num=args.benchmark_epochs_num, all_reduce_fn=reduce_fn)
-    valid_metrics = MetricsAggregator(spec_val, all_reduce_fn=reduce_fn)
+    # the epoch and validation timers wait for the device's queued work (sync=True scopes), as the reference's do
+    sync = partial(synchronize, env.device) if env.device.type != "cpu" else None
+    metrics = MetricsAggregator(spec_train, benchmark_epochs_num=args.benchmark_epochs_num, all_reduce_fn=reduce_fn,
+                                synchronize=sync)
+    valid_metrics = MetricsAggregator(spec_val, all_reduce_fn=reduce_fn, synchronize=sync)
     logger = build_logger(args.output_dir, args.log_file, rank=env.rank, metadata=training_metadata())
     logger.log_parameters({k: v for k, v in vars(args).items()})
     tensorboard = TensorBoardLogger(args.output_dir, rank=env.rank)

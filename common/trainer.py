@@ -190,7 +190,6 @@ class Trainer:
         self._stop_requested = False  # a signal reached this process; the ranks agree on it in the next update
         self._nonfinite_run = 0  # consecutive updates skipped for a non-finite loss
         self._last_val: dict = {}
-        self.sync = torch.cuda.synchronize if env.device.type == "cuda" else None
 
     # ------------------------------------------------------------------------------------------------------------------
     # state

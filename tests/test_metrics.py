@@ -310,3 +310,18 @@ def test_tensor_logs_are_read_later_with_the_same_results():
     agg.log({"loss": torch.tensor(float("nan"))})
     agg.discard()  # a skipped update: its pending entries go too
     assert agg.partials == {}
+
+
+def test_sync_scopes_wait_for_the_device_and_per_update_timers_do_not():
+    """train_avg and val are timed like the reference's (a device synchronisation at their start and end, so queued
+    GPU work is inside the epoch); the per-update train timer adds none (its update already reads its results)."""
+    calls = []
+    agg = MetricsAggregator(MetricsSpec.pretrain(), synchronize=lambda: calls.append("sync"), clock=lambda: 0.0)
+    agg.start_scope("train_avg", sync=True)
+    agg.start_scope("train", timer=False)
+    agg.start_timer("train")
+    agg.stop_timer("train")
+    assert calls == ["sync"]
+    agg.finish_scope("train")
+    agg.finish_scope("train_avg", sync=True)
+    assert calls == ["sync", "sync"]
