@@ -300,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
         logger=logger, env=env, tensorboard=tensorboard, checkpoint_extra=checkpoint_extra, health=health,
         print_fn=print_fn,
     )
+    finished = False  # the run ended normally on this rank (then the ranks meet before the process group ends)
     try:
         try:
             if resumed is not None:
@@ -321,10 +322,11 @@ def run(args: argparse.Namespace) -> int:
             print("Interrupted: stopped without saving the current update (resume continues from the last "
                   "checkpoint)", file=sys.stderr)
             return 130
+        finished = True
     finally:
         logger.close() if hasattr(logger, "close") else None
         tensorboard.close()
-        shutdown()
+        shutdown(finished=finished)
     return 0
 
 

@@ -157,6 +157,12 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(finished: bool = False) -> None:
+    """Destroy the process group. ``finished``: every rank got here the normal way (they stop after the same update),
+    so they first wait for each other: no rank tears its connections down while another still writes a checkpoint
+    (a two-rank gloo run once aborted at exit with "terminate called without an active exception"). After an error
+    no barrier: the other ranks may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
