@@ -22,7 +22,7 @@ import time
 import torch
 
 from common.distributed import synchronize
-from common.optim import OptimizerConfig, build_optimizer
+from common.optim import OptimizerConfig, build_optimizer, clear_gradients
 from wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2Model, preset
 from wav2vec2.checkpoint import hf_config, hf_state_dict
 from wav2vec2.criterion import ContrastiveCriterion, CtcCriterion
@@ -181,9 +181,7 @@ def main(argv=None) -> int:
             loss = step_ours_fwd()
         loss.backward()
         opt_ours.step()
-        for group in opt_ours.param_groups:  # by hand: apex's FusedAdam.zero_grad() takes no set_to_none
-            for p in group["params"]:
-                p.grad = None
+        clear_gradients(ours.parameters())  # (apex's FusedAdam.zero_grad() takes no set_to_none)
 
     def step_hf():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.hf_bf16):

@@ -38,6 +38,7 @@ __all__ = [
     "AdamW",
     "nvidia_apex_fused_adam",
     "build_optimizer",
+    "clear_gradients",
     "scale_gradients",
     "grad_norm",
     "clip_grad_norm",
@@ -171,6 +172,13 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
     return opt
 
 
+def clear_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Every gradient to None. Not ``optimizer.zero_grad(set_to_none=True)``: NVIDIA apex's FusedAdam (the
+    optimizer on CUDA when apex is installed) has a ``zero_grad()`` without that argument."""
+    for p in params:
+        p.grad = None
+
+
 def _grads(params: Iterable[torch.nn.Parameter]) -> List[torch.Tensor]:
     return [p.grad for p in params if p.grad is not None]
 
@@ -217,6 +225,17 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> flo
     return total
 
 
+def _group_with_saved_hyperparameters(optimizer: torch.optim.Optimizer,
+                                      saved_group: Mapping[str, Any]) -> Dict[str, Any]:
+    """``optimizer``'s own param group (its implementation's switches and keys) with the Adam hyper-parameters
+    (lr, betas, eps, weight_decay) of a saved group."""
+    group = dict(optimizer.state_dict()["param_groups"][0])
+    for key in ("lr", "betas", "eps", "weight_decay"):
+        if key in saved_group:
+            group[key] = tuple(saved_group[key]) if key == "betas" else saved_group[key]
+    return group
+
+
 def adapt_optimizer_state(state: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> Tuple[Dict[str, Any], str]:
     """A training checkpoint's ``optimizer`` entry in ``optimizer``'s own layout, and what it was converted to ("" when
     it already was). torch's AdamW keeps a step count per parameter; NVIDIA apex's FusedAdam keeps one in the param
@@ -227,10 +246,7 @@ def adapt_optimizer_state(state: Mapping[str, Any], optimizer: torch.optim.Optim
     saved_group = (state.get("param_groups") or [{}])[0]
     saved_per_parameter = any("step" in e for e in entries.values()) or ("step" not in saved_group)
     target_per_parameter = isinstance(optimizer, torch.optim.AdamW)
-    group = dict(optimizer.state_dict()["param_groups"][0])
-    for key in ("lr", "betas", "eps", "weight_decay"):
-        if key in saved_group:
-            group[key] = tuple(saved_group[key]) if key == "betas" else saved_group[key]
+    group = _group_with_saved_hyperparameters(optimizer, saved_group)
     if not entries:  # saved before the first step: nothing to convert, but the group keys must be the optimizer's
         return {"state": {}, "param_groups": [group]}, ""
     if saved_per_parameter == target_per_parameter:
@@ -288,9 +304,4 @@ def adam_state_from_reference(ref_state: Mapping[str, Any], params: Iterable[tor
             new_state[i] = {"step": torch.tensor(step_of(entry), dtype=torch.float32),
                             "exp_avg": entry["exp_avg"].to(p.device, torch.float32).clone(),
                             "exp_avg_sq": entry["exp_avg_sq"].to(p.device, torch.float32).clone()}
-    ours = optimizer.state_dict()
-    group = dict(ours["param_groups"][0])
-    for key in ("lr", "betas", "eps", "weight_decay"):
-        if key in ref_group:
-            group[key] = tuple(ref_group[key]) if key == "betas" else ref_group[key]
-    return {"state": new_state, "param_groups": [group]}
+    return {"state": new_state, "param_groups": [_group_with_saved_hyperparameters(optimizer, ref_group)]}

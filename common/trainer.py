@@ -33,7 +33,8 @@ from common.distributed import DistEnv, all_reduce_gradients, all_reduce_sum, fi
 from common.health import HealthMonitor
 from common.lr_schedules import LRScheduler
 from common.metrics import MetricsAggregator
-from common.optim import adam_state_from_reference, adapt_optimizer_state, clip_grad_norm, scale_gradients
+from common.optim import (adam_state_from_reference, adapt_optimizer_state, clear_gradients, clip_grad_norm,
+                          scale_gradients)
 from common.precision import PrecisionPolicy
 from common.progress import Progress, quietly
 
@@ -321,7 +322,7 @@ class Trainer:
         self.state.step -= 1
         self.train_loader.batch_in_epoch = position
         self.metrics.discard()
-        self._clear_gradients()
+        clear_gradients(self.params)
         self._say_on_failure(f"Reading the data of update {self.state.step + 1} failed: saving the state after "
                              f"update {self.state.step}; fix the data, then --resume repeats the failed update")
         self.save(from_any_rank=True)
@@ -361,11 +362,6 @@ class Trainer:
             # the loader's copy stays too: length arithmetic on it needs no read back from the device
             out["host_lengths"] = batch["lengths"]
         return out
-
-    def _clear_gradients(self) -> None:
-        """Gradients to None, by hand: apex's FusedAdam.zero_grad() takes no ``set_to_none`` argument."""
-        for p in self.params:
-            p.grad = None
 
     def _update(self, batches: Iterator[Mapping[str, Any]]) -> None:
         cfg, env = self.cfg, self.env
@@ -433,7 +429,7 @@ class Trainer:
                 self.ema.update(self.model)
         else:
             self.print(f"Update {step} skipped: {skipped_reason}")
-        self._clear_gradients()
+        clear_gradients(self.params)
 
         norm_loss = loss_sum / max(sample_size, 1e-12) / math.log(2)
         self.update_losses.append(norm_loss)

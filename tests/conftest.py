@@ -70,3 +70,16 @@ MICRO_MODEL = [
     "--final_dim", "16", "--latent_vars", "8", "--num_negatives", "10",
     "--mask_prob", "0.5", "--mask_length", "4",
 ]
+
+
+class RecordingLogger:
+    """A MetricLogger stand-in for trainer tests: keeps every ``(step, data)`` record in ``records``."""
+
+    def __init__(self):
+        self.records = []
+
+    def log(self, step, data):
+        self.records.append((step, dict(data)))
+
+    def flush(self):
+        pass

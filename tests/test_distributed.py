@@ -46,6 +46,31 @@ def test_all_reduce_sums_and_keeps_globally_unused_gradients_none(tmp_path):
         assert got["d"] is None
 
 
+def _two_rank_toy_trainer(rank: int, out_dir: str, task, train_loader, valid_loader=None, **cfg):
+    """The toy trainer of tests/test_trainer.py as one of two gloo ranks (the process group already initialised)."""
+    from conftest import RecordingLogger
+
+    from common.distributed import DistEnv
+    from common.lr_schedules import LRScheduleConfig, LRScheduler
+    from common.metrics import MetricsAggregator, MetricsSpec
+    from common.optim import OptimizerConfig, build_optimizer
+    from common.precision import PrecisionPolicy
+    from common.trainer import Trainer, TrainerConfig
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = build_optimizer(model.parameters(), OptimizerConfig(lr=0.01))
+    precision = PrecisionPolicy(mode="fp32", device="cpu")
+    return Trainer(
+        TrainerConfig(output_dir=os.path.join(out_dir, "run"), **cfg), model=model, task=task, optimizer=opt,
+        scheduler=LRScheduler(opt, LRScheduleConfig(lr=0.01, max_update=100, warmup_updates=1)),
+        precision=precision, scaler=precision.make_loss_scaler(2, 1), train_loader=train_loader,
+        valid_loader=valid_loader, metrics=MetricsAggregator(MetricsSpec.pretrain()),
+        valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=RecordingLogger(), print_fn=lambda *a: None,
+        env=DistEnv(rank=rank, world_size=2),
+    )
+
+
 def _stop_worker(rank: int, port: int, out_dir: str) -> None:
     """Two ranks of the toy trainer; only rank 1 receives SIGTERM, during its third update."""
     import signal
@@ -56,13 +81,6 @@ def _stop_worker(rank: int, port: int, out_dir: str) -> None:
     try:
         from test_trainer import _ToyLoader, _ToyTask
 
-        from common.distributed import DistEnv
-        from common.lr_schedules import LRScheduleConfig, LRScheduler
-        from common.metrics import MetricsAggregator, MetricsSpec
-        from common.optim import OptimizerConfig, build_optimizer
-        from common.precision import PrecisionPolicy
-        from common.trainer import Trainer, TrainerConfig
-
         class _Signalled(_ToyTask):
             calls = 0
 
@@ -72,26 +90,7 @@ def _stop_worker(rank: int, port: int, out_dir: str) -> None:
                     signal.raise_signal(signal.SIGTERM)
                 return super().train_step(model, batch, generator)
 
-        class _NoLog:
-            def log(self, step, data):
-                pass
-
-            def flush(self):
-                pass
-
-        torch.manual_seed(0)
-        model = torch.nn.Linear(3, 2)
-        opt = build_optimizer(model.parameters(), OptimizerConfig(lr=0.01))
-        precision = PrecisionPolicy(mode="fp32", device="cpu")
-        trainer = Trainer(
-            TrainerConfig(output_dir=os.path.join(out_dir, "run"), max_update=8, validate=False), model=model,
-            task=_Signalled(), optimizer=opt,
-            scheduler=LRScheduler(opt, LRScheduleConfig(lr=0.01, max_update=100, warmup_updates=1)),
-            precision=precision, scaler=precision.make_loss_scaler(2, 1), train_loader=_ToyLoader(6),
-            valid_loader=None, metrics=MetricsAggregator(MetricsSpec.pretrain()),
-            valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=_NoLog(), print_fn=lambda *a: None,
-            env=DistEnv(rank=rank, world_size=2),
-        )
+        trainer = _two_rank_toy_trainer(rank, out_dir, _Signalled(), _ToyLoader(6), max_update=8, validate=False)
         state = trainer.fit()
         torch.save({"step": state.step}, os.path.join(out_dir, f"stopped{rank}.pt"))
     finally:
@@ -146,39 +145,14 @@ def _validation_worker(rank: int, port: int, out_dir: str) -> None:
     try:
         from test_trainer import _ToyLoader, _ToyTask
 
-        from common.distributed import DistEnv
-        from common.lr_schedules import LRScheduleConfig, LRScheduler
-        from common.metrics import MetricsAggregator, MetricsSpec
-        from common.optim import OptimizerConfig, build_optimizer
-        from common.precision import PrecisionPolicy
-        from common.trainer import Trainer, TrainerConfig
-
         class _ValidLoader(_ToyLoader):
             def __iter__(self):
                 for batch in super().__iter__():
                     yield batch if rank == 0 else {}
 
-        class _NoLog:
-            def log(self, step, data):
-                pass
-
-            def flush(self):
-                pass
-
-        torch.manual_seed(0)
-        model = torch.nn.Linear(3, 2)
-        opt = build_optimizer(model.parameters(), OptimizerConfig(lr=0.01))
-        precision = PrecisionPolicy(mode="fp32", device="cpu")
-        trainer = Trainer(
-            TrainerConfig(output_dir=os.path.join(out_dir, "run"), max_update=1, validate=True), model=model,
-            task=_ToyTask(), optimizer=opt,
-            scheduler=LRScheduler(opt, LRScheduleConfig(lr=0.01, max_update=100, warmup_updates=1)),
-            precision=precision, scaler=precision.make_loss_scaler(2, 1), train_loader=_ToyLoader(2),
-            valid_loader=_ValidLoader(1), metrics=MetricsAggregator(MetricsSpec.pretrain()),
-            valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=_NoLog(), print_fn=lambda *a: None,
-            env=DistEnv(rank=rank, world_size=2),
-        )
-        res = trainer._validation_pass(model)
+        trainer = _two_rank_toy_trainer(rank, out_dir, _ToyTask(), _ToyLoader(2), _ValidLoader(1), max_update=1,
+                                        validate=True)
+        res = trainer._validation_pass(trainer.model)
         torch.save({"loss": res["loss"], "ntokens": res["ntokens"]}, os.path.join(out_dir, f"val{rank}.pt"))
     finally:
         dist.destroy_process_group()

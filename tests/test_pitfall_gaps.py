@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import RecordingLogger
 from test_device_placement import meta_autocast  # noqa: F401 (fixture)
 
 #: the model of ``conftest.MICRO_MODEL`` as config overrides, without dropout
@@ -308,13 +309,6 @@ def _layerdrop_run(rank: int, world_size: int, out_path: str) -> None:
     from wav2vec2.criterion import ContrastiveCriterion
     from wav2vec2.tasks import PretrainTask
 
-    class _NoLog:
-        def log(self, step, data):
-            pass
-
-        def flush(self):
-            pass
-
     torch.manual_seed(0)
     model = Wav2Vec2Model(preset("tiny", **LAYERDROP_CFG))
     model.layerdrop_seed = 1
@@ -333,7 +327,7 @@ def _layerdrop_run(rank: int, world_size: int, out_path: str) -> None:
         scheduler=LRScheduler(opt, LRScheduleConfig(lr=1e-3, max_update=100, warmup_updates=1)),
         precision=precision, scaler=precision.make_loss_scaler(world_size, 3 - world_size),
         train_loader=_MicroBatches(indices), valid_loader=None, metrics=MetricsAggregator(MetricsSpec.pretrain()),
-        valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=_NoLog(), print_fn=lambda *a: None,
+        valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=RecordingLogger(), print_fn=lambda *a: None,
         env=DistEnv(rank=rank, world_size=world_size),
     )
     runs = []  # (update, encoder layers that ran) for every forward

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import MICRO_MODEL
+from conftest import MICRO_MODEL, RecordingLogger
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -225,17 +225,7 @@ def _toy_trainer(tmp_path, task, precision_mode="fp32", print_fn=lambda *a: None
     sched = LRScheduler(opt, LRScheduleConfig(lr=0.01, max_update=100, warmup_updates=1))
     precision = PrecisionPolicy(mode=precision_mode, device="cpu")
 
-    class _Log:
-        def __init__(self):
-            self.records = []
-
-        def log(self, step, data):
-            self.records.append((step, dict(data)))
-
-        def flush(self):
-            pass
-
-    logger = _Log()
+    logger = RecordingLogger()
     trainer = Trainer(
         TrainerConfig(output_dir=str(tmp_path), **cfg), model=model, task=task, optimizer=opt, scheduler=sched,
         precision=precision, scaler=precision.make_loss_scaler(1, 1, init_scale=128.0), train_loader=_ToyLoader(6),

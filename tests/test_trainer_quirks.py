@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import RecordingLogger
 from test_trainer import _pretrain_args, _toy_trainer, _ToyLoader, _ToyTask
 
 #: the model of ``conftest.MICRO_MODEL`` as a config (no dropout, no LayerDrop: only the tested effects remain)
@@ -25,19 +26,6 @@ MICRO = dict(
     latent_vars=8, num_negatives=10, mask_prob=0.5, mask_length=4, dropout=0.0, attention_dropout=0.0,
     activation_dropout=0.0, encoder_layerdrop=0.0, dropout_input=0.0, dropout_features=0.0,
 )
-
-
-class _Log:
-    """A logger that keeps the records (``(step, data)``)."""
-
-    def __init__(self):
-        self.records = []
-
-    def log(self, step, data):
-        self.records.append((step, dict(data)))
-
-    def flush(self):
-        pass
 
 
 def _per_update(logger):
@@ -70,7 +58,7 @@ def _trainer(tmp_path, model, task, loader, precision_mode, lr_cfg, **cfg):
 
     opt = build_optimizer(model.parameters(), OptimizerConfig(lr=lr_cfg.lr))
     precision = PrecisionPolicy(mode=precision_mode, device="cpu")
-    logger = _Log()
+    logger = RecordingLogger()
     trainer = Trainer(
         TrainerConfig(output_dir=str(tmp_path), **cfg), model=model, task=task, optimizer=opt,
         scheduler=LRScheduler(opt, lr_cfg), precision=precision,

@@ -23,23 +23,13 @@ def run_main(main, argv=None) -> int:
 
 def read_text(path: str) -> str:
     """The content of a UTF-8 text file (universal newlines). A file that is not UTF-8 is a :class:`DataToolError`
-    naming the file, the line and column and the offending byte (the same message as ``common.data``'s)."""
+    naming the file, the line and column and the offending byte (``common.data``'s reader and message)."""
+    from common.data.errors import DataError, read_text as read_utf8_text
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        pass
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        pos = exc.start
-        line, column = data.count(b"\n", 0, pos) + 1, pos - data.rfind(b"\n", 0, pos)
-        raise DataToolError(f"{path}:{line}: not UTF-8 text (byte 0x{data[pos]:02x} at column {column}); filelists, "
-                            "transcripts and dictionaries must be UTF-8: convert the file (e.g. iconv -f latin1 -t "
-                            "utf-8)") from None
-    raise AssertionError("unreachable: the text decoder refused bytes that decode")  # pragma: no cover
+        return read_utf8_text(path)
+    except DataError as exc:
+        raise DataToolError(str(exc)) from None
 
 
 def read_lines(path: str) -> List[str]:
