@@ -295,9 +295,10 @@ def beam_decode(result, decoder, progress=None, sample_rate: int = 16000, keep_l
     t0 = time.perf_counter()
     audio_s = 0.0
     for u in result.utterances:
-        hyp = decoder.decode(u.log_probs)
-        u.hypothesis = " ".join(hyp.words)
-        u.pred_ids = list(hyp.tokens)
+        if not u.nan_frames:  # NaN log-probabilities cannot be scored: the greedy hypothesis stays (run() warns)
+            hyp = decoder.decode(u.log_probs)
+            u.hypothesis = " ".join(hyp.words)
+            u.pred_ids = list(hyp.tokens)
         audio_s += u.num_samples / sample_rate
         if not keep_log_probs:
             u.log_probs = None
@@ -383,6 +384,10 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
         raise InferenceError("--cuda_graph_pad must be >= 0")
     if args.batch_size is None and args.max_duration is None:
         raise InferenceError("give --batch_size (utterances per batch) or --max_duration (seconds per batch)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InferenceError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.max_duration is not None and not args.max_duration > 0:
+        raise InferenceError(f"--max_duration must be > 0 seconds, got {args.max_duration:g}")
     if args.steps < 0 or args.warmup_steps < 0:
         raise InferenceError("--steps and --warmup_steps must be >= 0")
     for flag, path in (("--save_predictions", args.save_predictions), ("--save_logits", args.save_logits),
@@ -521,6 +526,9 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
                 summary["decoder_rtf"] = decode_s / decoded_audio_s
         if chunking is not None:
             summary.update(result.chunking_counts())
+        nan_utts = result.nan_utterances()
+        if nan_utts:
+            summary["nan_utterances"] = len(nan_utts)
         if summary:  # (a transcription of a few files can have nothing to report)
             logger.log((), summary)
         logger.flush()
@@ -546,6 +554,12 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
             if counts["utterances"] and counts["empty_predictions"] == counts["utterances"]:
                 print("WARNING: every prediction is empty (blank-only CTC output): the model is not fine-tuned "
                       "enough, or the dictionary / blank index does not match the model (PITFALLS #11)")
+        if nan_utts:
+            first = ", ".join(dataset.manifest.files[u.index] for u in nan_utts[:5])
+            print(f"WARNING: {len(nan_utts)} of {len(result.utterances)} utterances have NaN log-probabilities in "
+                  f"some frames (a broken forward, e.g. FP16 overflow: try --bf16 or FP32), read as blanks by "
+                  f"greedy decoding" + (" and not beam-searched" if decoder is not None else "") + f": {first}"
+                  + (", ..." if len(nan_utts) > 5 else ""))
         if chunking is not None:
             print(_chunking_line(chunking, result))
         if "decoder_rtf" in summary:

@@ -226,6 +226,9 @@ class BeamSearchConfig:
             raise ValueError(f"token_beam must be >= 1, got {self.token_beam}")
         if not self.beam_threshold > 0 or not self.token_threshold > 0:
             raise ValueError("beam_threshold and token_threshold must be positive")
+        if not (math.isfinite(self.lm_weight) and math.isfinite(self.word_score)):
+            raise ValueError(f"lm_weight and word_score must be finite numbers, got {self.lm_weight} and "
+                             f"{self.word_score}")
         if self.merge not in ("sum", "max"):
             raise ValueError(f"merge must be 'sum' or 'max', got {self.merge!r}")
         if self.backend not in ("python", "flashlight"):

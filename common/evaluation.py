@@ -267,6 +267,7 @@ class UtteranceResult:
     ref_ids: Optional[List[int]] = None
     log_probs: Optional[torch.Tensor] = None  # T_i x V float32 (valid frames only)
     windows: int = 1  # forwards the utterance ran in (> 1: chunked, EvalSettings.chunking)
+    nan_frames: int = 0  # valid frames whose log-probabilities hold NaN (a broken forward, e.g. FP16 overflow)
 
 
 @dataclass
@@ -303,6 +304,11 @@ class EvalResult:
         empty = sum(1 for u in self.utterances if not u.pred_ids)
         return {"w_errs": w_errs, "w_len": w_len, "c_errs": c_errs, "c_len": c_len,
                 "utterances": len(self.utterances), "empty_predictions": empty}
+
+    def nan_utterances(self) -> List[UtteranceResult]:
+        """Utterances with NaN log-probabilities in some valid frame: greedy decoding reads such a frame as a
+        blank, the beam search cannot score it (inference.py warns, naming them)."""
+        return [u for u in self.utterances if u.nan_frames > 0]
 
     def chunking_counts(self) -> Dict[str, int]:
         """Utterances that ran in several windows (chunked inference) and the number of those windows."""
@@ -427,6 +433,7 @@ def _evaluate_batches(model, loader, settings: EvalSettings, device: torch.devic
         preds = log_probs.argmax(dim=-1)
         synchronize(device)
         t2 = clock()
+        nan_cpu = torch.isnan(log_probs).any(dim=-1).cpu()  # after t2: not part of the timed forward
         bsz = int(batch["source"].shape[0])
         lengths = batch["lengths"].cpu()
         if it >= settings.first_timed:
@@ -454,6 +461,7 @@ def _evaluate_batches(model, loader, settings: EvalSettings, device: torch.devic
                 pred_ids=pred_ids, ref_ids=ref_ids,
                 log_probs=lp_cpu[row, :n_frames].clone() if lp_cpu is not None else None,
                 windows=windows[row] if windows is not None else 1,
+                nan_frames=int(nan_cpu[row, :n_frames].sum()),
             ))
         if progress is not None:
             desc = "warmup" if settings.warmup_steps > 0 and it < settings.warmup_steps else "inference"
@@ -480,7 +488,7 @@ def gather_results(result: EvalResult, keep_log_probs: bool = False) -> EvalResu
         return result
     payload = [
         (u.index, u.hypothesis, u.reference, u.num_samples, u.pred_ids, u.ref_ids,
-         u.log_probs if keep_log_probs else None, u.windows)
+         u.log_probs if keep_log_probs else None, u.windows, u.nan_frames)
         for u in result.utterances
     ]
     gathered: List[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else []
@@ -491,8 +499,8 @@ def gather_results(result: EvalResult, keep_log_probs: bool = False) -> EvalResu
                         timed_audio_s=result.timed_audio_s, iterations=result.iterations,
                         wer_mode=result.wer_mode)
     for part in gathered:
-        for idx, hyp, ref, ns, pids, rids, lp, windows in part or ():
-            merged.utterances.append(UtteranceResult(idx, hyp, ref, ns, pids, rids, lp, windows))
+        for idx, hyp, ref, ns, pids, rids, lp, windows, nan_frames in part or ():
+            merged.utterances.append(UtteranceResult(idx, hyp, ref, ns, pids, rids, lp, windows, nan_frames))
     return merged.sorted()
 
 

@@ -534,6 +534,15 @@ class _ArpaReader:
                                  if line is not None else f"unexpected end of file before \\{k}-grams:")
             if k == 1:
                 tables.append(self._read_unigrams(expected[1], vocab, index, dtype, order))
+                if UNK not in index:  # added before the n-grams are read: their keys use the vocabulary size
+                    LOG.warning("%s has no <unk>: unknown words get log10 probability %s", self.path,
+                                LOG10_MISSING_UNK)
+                    prob, bow = tables[0].values()
+                    index[UNK] = len(vocab)
+                    vocab.append(UNK)
+                    tables[0] = _Table(np.arange(len(vocab), dtype=np.int64),
+                                       np.append(prob, LOG10_MISSING_UNK).astype(dtype),
+                                       np.append(bow, 0.0).astype(dtype), dense=True)
             else:
                 tables.append(self._read_ngrams(k, expected[k], index, tables, dtype, order))
         line = self.next_line()
@@ -542,13 +551,6 @@ class _ArpaReader:
         if line != "\\end\\":
             raise self.error(f"expected \\end\\ after the {order}-grams, got {line!r}" if line is not None
                              else "unexpected end of file: no \\end\\ (truncated file?)")
-        if UNK not in index:
-            LOG.warning("%s has no <unk>: unknown words get log10 probability %s", self.path, LOG10_MISSING_UNK)
-            t = tables[0]
-            prob, bow = t.values()
-            vocab.append(UNK)
-            tables[0] = _Table(np.arange(len(vocab), dtype=np.int64), np.append(prob, LOG10_MISSING_UNK).astype(dtype),
-                               np.append(bow, 0.0).astype(dtype), dense=True)
         for special in (BOS, EOS):
             if special not in index:
                 raise ARPAError(f"{self.path}: the 1-grams have no {special}")
