@@ -29,6 +29,22 @@ SUBSETS=${SUBSETS:-"train-clean-100 train-clean-360 train-other-500 dev-clean de
 TRAIN_SUBSETS=${TRAIN_SUBSETS:-"train-clean-100 train-clean-360 train-other-500"}
 TRAIN_NAME=${TRAIN_NAME:-train-full-960}
 
+# a mistyped DATASET_DIR is one error line (and no directory is created for it); so is the download directory given
+# instead of the LibriSpeech folder inside it (download_data.sh unpacks into $DATASET_DIR/LibriSpeech)
+if [ ! -d "$DATASET_DIR" ]; then
+    echo "ERROR: DATASET_DIR='$DATASET_DIR' is not a directory" >&2
+    exit 1
+fi
+FOUND=0
+for SUBSET in $SUBSETS; do
+    if [ -d "$DATASET_DIR/$SUBSET" ]; then FOUND=1; fi
+done
+if [ "$FOUND" = 0 ] && [ -d "$DATASET_DIR/LibriSpeech" ]; then
+    echo "ERROR: DATASET_DIR='$DATASET_DIR' holds none of the subsets ($SUBSETS) but a LibriSpeech folder:" \
+        "use DATASET_DIR='${DATASET_DIR%/}/LibriSpeech'" >&2
+    exit 1
+fi
+
 mkdir -p "$FILELISTS_DIR"
 
 for SUBSET in $SUBSETS; do

@@ -218,6 +218,71 @@ def test_http_download_resume_with_range(mirror, tmp_path, honour_range):
     assert (tmp_path / "dev-clean.tar.gz").read_bytes() == payload
 
 
+def test_download_skips_an_extracted_subset_whose_tarball_was_deleted(mirror, tmp_path, capsys):
+    """Tarballs deleted after extraction (60 GB freed) are not fetched again by a rerun; --skip_extract still does."""
+    mirror_dir, sums = mirror
+    argv = [str(tmp_path), "--subsets", "dev-clean", "--base_url", str(mirror_dir),
+            "--md5", f"dev-clean={sums['dev-clean']}", "--quiet"]
+    assert download_librispeech.main(argv) == 0
+    (tmp_path / "dev-clean.tar.gz").unlink()
+    capsys.readouterr()
+    argv[argv.index(str(mirror_dir))] = "/nonexistent/mirror"  # a download attempt would fail
+    assert download_librispeech.main(argv) == 0
+    assert "dev-clean already extracted" in capsys.readouterr().err
+    assert not (tmp_path / "dev-clean.tar.gz").exists()
+    with pytest.raises(DataToolError, match="does not exist"):
+        download_librispeech.main(argv + ["--skip_extract"])  # asks for the tarball: downloaded (here: fails)
+
+
+def test_download_failures_are_one_line_errors(mirror, tmp_path):
+    mirror_dir, sums = mirror
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    base = ["--subsets", "dev-clean", "--base_url", str(mirror_dir), "--quiet"]
+    with pytest.raises(DataToolError, match="cannot create the download directory .*a_file/x"):
+        download_librispeech.main([str(blocker / "x"), *base])
+    with pytest.raises(DataToolError, match="cannot create the extraction directory .*a_file/y"):
+        download_librispeech.main([str(tmp_path / "d"), "-e", str(blocker / "y"), "--skip_checksum", *base])
+
+
+class _BrokenHandler(http.server.BaseHTTPRequestHandler):
+    """``mode`` "404": a refusal; "chunked": a chunked transfer cut in the middle of its chunk."""
+    protocol_version = "HTTP/1.1"
+    mode = "404"
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        if self.mode == "404":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"%x\r\n" % 4096 + b"x" * 1000)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("mode,needle", [("404", "HTTP Error 404"), ("chunked", "IncompleteRead")])
+def test_http_download_failure_is_an_error_naming_the_url(tmp_path, mode, needle):
+    handler = type("H", (_BrokenHandler,), {"mode": mode})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/r"
+        argv = [str(tmp_path), "--subsets", "dev-clean", "--base_url", url, "--skip_checksum", "--quiet"]
+        with pytest.raises(DataToolError, match=f"download of {url}/dev-clean.tar.gz failed: .*{needle}") as err:
+            download_librispeech.main(argv)
+    finally:
+        server.shutdown()
+        server.server_close()
+    if mode == "404":  # nothing was received: no promise of a resume
+        assert "rerun to resume" not in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # filelists, labels, dictionary (byte for byte)
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +323,49 @@ def test_generate_filelists_outputs_byte_for_byte(filelists, downloaded):
         assert (out / name).read_bytes() == text.encode(), name
     produced = {p.name for p in out.iterdir()}
     assert produced == set(expected)
+
+
+def _script(name: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    full = _env()
+    full.update(env)
+    return subprocess.run(["bash", str(REPO / "scripts" / name)], env=full, capture_output=True, text=True,
+                          cwd=str(cwd), timeout=120)
+
+
+def test_download_data_script_end_to_end_and_dry_run(mirror, tmp_path):
+    """scripts/download_data.sh: the reference's DATASET_DIR/SUBSETS, extra arguments to the tool, the command
+    printed; DRY_RUN=1 prints it and downloads nothing (README: every script prints, DRY_RUN runs nothing)."""
+    mirror_dir, sums = mirror
+    dest = tmp_path / "datasets"
+    full = _env()
+    full.update(DATASET_DIR=str(dest), SUBSETS="dev-clean", DRY_RUN="1")
+    args = ["--base_url", mirror_dir.as_uri(), "--md5", f"dev-clean={sums['dev-clean']}", "--quiet"]
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "download_data.sh"), *args], env=full,
+                          capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    assert len(printed) == 1 and printed[0].split()[3:8] == ["utils.download_librispeech", str(dest), "--subsets",
+                                                              "dev-clean", "--base_url"]
+    assert not dest.exists()
+    full["DRY_RUN"] = "0"
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "download_data.sh"), *args], env=full,
+                          capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (dest / "LibriSpeech" / "dev-clean" / "84" / "121123" / "84-121123.trans.txt").is_file()
+    proc = _script("download_data.sh", tmp_path, DRY_RUN="maybe")
+    assert proc.returncode == 2 and "DRY_RUN" in proc.stderr and "+ " not in proc.stdout
+
+
+def test_generate_filelists_wrong_dataset_dir_is_one_error_line(downloaded, tmp_path):
+    proc = _script("generate_filelists.sh", tmp_path, DATASET_DIR=str(tmp_path / "typo" / "LibriSpeech"))
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stdout + proc.stderr
+    assert "DATASET_DIR=" in proc.stderr and "is not a directory" in proc.stderr
+    assert not (tmp_path / "typo").exists()  # nothing created for a mistyped path
+    # the download directory (download_data.sh's DATASET_DIR) instead of the LibriSpeech folder in it
+    proc = _script("generate_filelists.sh", tmp_path, DATASET_DIR=str(downloaded), FILELISTS_DIR=str(tmp_path / "f"))
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stdout + proc.stderr
+    assert f"use DATASET_DIR='{downloaded}/LibriSpeech'" in proc.stderr
+    assert not (tmp_path / "f").exists()
 
 
 def test_generate_filelist_sorted_and_wav(tmp_path, downloaded):
@@ -318,6 +426,12 @@ def test_1h_10h_lists_from_librilight_layout(filelists, downloaded, tmp_path):
     assert (dest / "train-10h.tsv").read_text() == (f"{root}\ntrain-clean-100/103/1240/103-1240-0001.flac\t8000\n"
                                                    "train-clean-100/1034/121119/1034-121119-0000.flac\t12000\n")
     assert (dest / "train-10h.wrd").read_text() == "YES\nIT'S A DAY\n"
+    # a folder without flac files (a wrong LS_FT_DIR, a converted copy) is an error, not an empty train-10h list
+    for flac in (ft / "9h").rglob("*.flac"):
+        flac.unlink()
+    with pytest.raises(DataToolError, match=r"no \.flac files under .*9h"):
+        generate_1h_10h_datasets.main([str(ft), str(out), str(tmp_path / "lists2")])
+    assert not (tmp_path / "lists2").exists()
 
 
 def test_select_subset_nested_and_deterministic(filelists, tmp_path):
@@ -567,3 +681,17 @@ def test_md5sum_and_extract_progress_on_multi_mib_inputs(tmp_path, capsys):
     assert listing[-1] == "(100.0%)" and len(listing) >= 2  # MiB of the compressed archive read while listing
     assert [line.split()[2] for line in _progress_lines(err, "extracting a.tar.gz: ")] == ["1/3", "2/3", "3/3"]
     assert (tmp_path / "out" / "src" / "blob.bin").read_bytes() == blob
+
+
+def test_text_tools_do_not_import_torch(tmp_path):
+    """The tools that only read and write text load the trainer's UTF-8 reader, not the data loader's torch (about
+    2 s per call on a cold start)."""
+    (tmp_path / "a.ltr").write_text("A B | C |\n")
+    code = ("import sys; import utils.libri_labels, utils.combine_filelists, utils.select_subset, "
+            "utils.generate_1h_10h_datasets; from utils.generate_dictionary import main; "
+            f"main([{str(tmp_path / 'a.ltr')!r}, {str(tmp_path / 'dict.txt')!r}]); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "dict.txt").read_text().splitlines()[0] == "| 2"

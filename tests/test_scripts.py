@@ -250,6 +250,34 @@ def test_cuda_probe_runs_python_once_when_not_told(tmp_path):
         assert calls.read_text().split() == ["probe"], script  # the result is passed down to the called scripts
 
 
+def test_an_interpreter_without_torch_is_a_one_line_error(tmp_path):
+    """PYTHON (or python3 without .venv) that cannot import torch: stopped before the launch with one line naming
+    the interpreter and the remedy, not a Python traceback after the command was printed; DRY_RUN only warns."""
+    marker = tmp_path / "launched"
+    fake = tmp_path / "fakepython"
+    fake.write_text(f'#!/bin/sh\ncase "$*" in *"import torch"*) exit 1 ;; esac\ntouch {marker}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "valid"):
+        (data / f"{name}.tsv").write_text("/x\n")
+    env = _env(DRY_RUN="0", PYTHON=str(fake), DATASET_DIR=str(data), TRAIN_SUBSET="train", VALID_SUBSET="valid",
+               OUTPUT_DIR=str(tmp_path / "o"))
+    del env["CUDA_AVAILABLE"]
+    for script in ("pretrain_base.sh", "inference.sh"):
+        res = subprocess.run(["bash", os.path.join(SCRIPTS, script)], capture_output=True, text=True, env=env,
+                             cwd=ROOT, timeout=60)
+        errors = [line for line in res.stderr.splitlines() if line.startswith("ERROR:")]
+        assert res.returncode == 2 and len(errors) == 1, res.stderr
+        assert f"PYTHON='{fake}' cannot import torch" in errors[0] and "make venv" in errors[0]
+        assert not command_lines(res) and not marker.exists()
+    assert not (tmp_path / "o").exists()
+    env["DRY_RUN"] = "1"
+    res = subprocess.run(["bash", os.path.join(SCRIPTS, "pretrain_base.sh")], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=60)
+    assert res.returncode == 0 and "cannot import torch" in res.stderr and "--cpu" in command_lines(res)[0]
+
+
 def test_launcher_multi_gpu_and_multi_node():
     assert launcher(command("finetune_base_960h.sh", NUM_GPUS="8"))[1:] == ["--nproc_per_node=8", "train.py"]
     assert launcher(command("pretrain_base.sh", NUM_GPUS="4", MASTER_PORT="29555"))[1:] == [
@@ -631,10 +659,11 @@ def test_docker_build_and_run(tmp_path):
     datasets.mkdir()
     env["DATASET_DIR"] = str(datasets)
     res = subprocess.run(["bash", os.path.join(SCRIPTS, "docker", "run.sh")], env=env, capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stderr
     args = log.read_text().splitlines()
     assert args[0] == "run" and "--gpus" in args and "--ipc=host" in args
+    assert args[1] == "-i"  # no terminal (a batch job): docker refuses -t there ("the input device is not a TTY")
     assert f"{datasets}:/datasets" in args and f"{ROOT}:/workspace/wav2vec2" in args
     assert "PYTHON=python" in args  # the image's interpreter, not a host .venv in the mounted checkout
     assert args[-2:] == ["wav2vec2:latest", "bash"]

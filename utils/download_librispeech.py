@@ -10,7 +10,8 @@ download left as ``.tar.gz.tmp`` is resumed), its MD5 sum is checked against the
 (a mismatch is an ERROR: the file is renamed to ``.tar.gz.bad`` so that a rerun downloads it again,
 and the tool exits with status 1) and the tarball is extracted into EXTRACT_DIR (default DEST),
 giving ``<EXTRACT_DIR>/LibriSpeech/<subset>/...``. Extraction writes a marker
-``.<subset>.tar.gz.extracted`` in EXTRACT_DIR and is skipped on later runs. Every stage reports
+``.<subset>.tar.gz.extracted`` in EXTRACT_DIR and is skipped on later runs; a subset with that marker whose
+tarball was deleted (to free disk) is not downloaded again (unless ``--skip_extract`` asks for tarballs). Every stage reports
 progress on stderr as whole lines with rate and ETA (download and MD5 check: MiB; extraction: MiB of the
 archive listed, then members extracted; hashing and extraction every ``--progress_interval`` seconds, the
 download every 10 s); ``--quiet`` turns it off.
@@ -93,14 +94,31 @@ def verify(path: str, subset: str, sums: dict, *, progress: bool = False,
     print(f"{path}: MD5 Passed", file=sys.stderr)
 
 
+def make_dir(path: str, what: str) -> None:
+    """``os.makedirs(path)``; an error (not a traceback) when it cannot be created, e.g. the default /datasets/
+    without write permission."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise DataToolError(f"cannot create the {what} {path}: {exc.strerror or exc}") from None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     sums = expected_md5(args)
     extract_dir = args.extract_dir or args.dest
-    os.makedirs(args.dest, exist_ok=True)
+    make_dir(args.dest, "download directory")
+    if not args.skip_extract:
+        make_dir(extract_dir, "extraction directory")
     for subset in args.subsets:
         fname = f"{subset}.tar.gz"
         path = os.path.join(args.dest, fname)
+        marker = os.path.join(extract_dir, f".{fname}.extracted")
+        if not args.skip_extract and os.path.exists(marker) and not os.path.exists(path):
+            # extracted by an earlier run whose tarball was deleted since (to free disk): nothing to do
+            print(f"{subset} already extracted into {extract_dir} (marker {marker}; {path} is gone), skipping",
+                  file=sys.stderr)
+            continue
         if not args.skip_download:
             if args.no_resume and os.path.exists(path + ".tmp"):
                 os.remove(path + ".tmp")
@@ -112,7 +130,6 @@ def main(argv=None) -> int:
         if not args.skip_checksum:
             verify(path, subset, sums, progress=not args.quiet, interval_s=args.progress_interval)
         if not args.skip_extract:
-            marker = os.path.join(extract_dir, f".{fname}.extracted")
             if os.path.exists(marker):
                 print(f"{path} already extracted into {extract_dir} (marker {marker}), skipping",
                       file=sys.stderr)

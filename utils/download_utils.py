@@ -15,6 +15,7 @@ stderr at most every ``interval_s`` seconds (so they also show in logs, where st
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tarfile
@@ -74,9 +75,11 @@ def download_file(url: str, dest: str, *, resume: bool = True, progress: bool = 
             _copy_local(local, tmp, offset, name, progress, chunk_size)
         else:
             _download_http(url, tmp, offset, name, progress, chunk_size, timeout)
-    except (urllib.error.URLError, OSError) as exc:
-        raise DataToolError(f"download of {url} failed: {exc}; partial data kept in {tmp}, "
-                            "rerun to resume") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        # HTTPException: e.g. IncompleteRead when a chunked transfer is cut; a refusal (HTTP 404) leaves no data
+        kept = os.path.isfile(tmp) and os.path.getsize(tmp) > 0
+        hint = f"; partial data kept in {tmp}, rerun to resume" if kept else ""
+        raise DataToolError(f"download of {url} failed: {exc or type(exc).__name__}{hint}") from None
     os.replace(tmp, dest)
     return dest
 
@@ -181,10 +184,10 @@ def extract(archive: str, dest: str, *, progress: bool = False, interval_s: floa
     """
     if not (archive.endswith((".tar.gz", ".tgz", ".tar"))):
         raise DataToolError(f"{archive}: unsupported archive type (expected .tar.gz, .tgz or .tar)")
-    os.makedirs(dest, exist_ok=True)
-    dest_real = os.path.realpath(dest)
     name = os.path.basename(archive)
     try:
+        os.makedirs(dest, exist_ok=True)
+        dest_real = os.path.realpath(dest)
         with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
             size = os.path.getsize(archive)
             scan = _byte_progress(f"listing {name}", size, 0, progress, interval_s)

@@ -22,7 +22,10 @@ from .generate_filelist import find_audio
 def stems_under(directory: str) -> list:
     if not os.path.isdir(directory):
         raise DataToolError(f"fine-tuning folder {directory} does not exist")
-    return [os.path.basename(rel).rsplit(".", 1)[0] for rel in find_audio(directory, "flac")]
+    stems = [os.path.basename(rel).rsplit(".", 1)[0] for rel in find_audio(directory, "flac")]
+    if not stems:  # an empty list would only fail later, in training, as an empty subset
+        raise DataToolError(f"no .flac files under {directory} (expected Libri-light's librispeech_finetuning)")
+    return stems
 
 
 def select(stems: list, index: dict, where: str) -> list:

@@ -32,7 +32,8 @@ def _load(spec: str, seed: int) -> torch.nn.Module:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m utils.layer_rank", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="checkpoint paths (ours/fairseq/NVIDIA/HF dir) or random:<preset>")
     p.add_argument("--data", required=True, help="directory holding <subset>.tsv")
     p.add_argument("--subset", default="dev-clean")

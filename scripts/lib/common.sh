@@ -241,11 +241,16 @@ precision_name() {
     fi
 }
 
-# cuda_available: probe once (result exported as CUDA_AVAILABLE=true/false for the scripts this one calls)
+# cuda_available: probe once (result exported as CUDA_AVAILABLE=true/false for the scripts this one calls). An
+# interpreter that cannot import torch is an error here, in one line, rather than a traceback after the launch.
 cuda_available() {
     if [ -z "${CUDA_AVAILABLE:-}" ]; then
         local out
-        out=$("$PYTHON" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null || true)
+        if ! out=$("$PYTHON" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null); then
+            _w2v_missing "PYTHON='$PYTHON' cannot import torch: run 'make venv' in the repository (the scripts then" \
+                "use its .venv) or set PYTHON to an interpreter that has the project's dependencies"
+            out=False
+        fi
         if [ "$out" = True ]; then CUDA_AVAILABLE=true; else CUDA_AVAILABLE=false; fi
         export CUDA_AVAILABLE
     fi
