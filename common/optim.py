@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -262,18 +262,26 @@ def adapt_optimizer_state(state: Mapping[str, Any], optimizer: torch.optim.Optim
 
 
 def adam_state_from_reference(ref_state: Mapping[str, Any], params: Iterable[torch.nn.Parameter],
-                              optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+                              optimizer: torch.optim.Optimizer,
+                              layout: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, Any]:
     """Convert a reference checkpoint's ``optimizer`` entry (REFERENCE.md §2.2) into ``optimizer.state_dict()``
     form for our one-group AdamW over ``params`` (the trainable parameters in ``model.parameters()`` order).
 
-    Handles the mixed-precision layout (the inner Adam's state for ONE flat fp32 tensor: ``step``, ``exp_avg``,
-    ``exp_avg_sq``, split back per parameter) and the FP32 apex FusedAdam layout (per-parameter moments; ``step`` in
-    the param group). Hyper-parameters (lr, betas, eps, weight_decay) are taken from the reference's group; the
-    ``loss_scale`` entry is ignored here (give it to the loss scaler).
+    ``layout`` lists the reference's parameters in its order, each as the indices (into ``params``) of the
+    parameters of ours that it is made of, concatenated (a packed attention projection is three of ours); default:
+    the same parameters in the same order. Handles the mixed-precision layout (the inner Adam's state for ONE flat
+    fp32 tensor: ``step``, ``exp_avg``, ``exp_avg_sq``, split back per parameter) and the FP32 apex FusedAdam layout
+    (per-parameter moments; ``step`` in the param group). Hyper-parameters (lr, betas, eps, weight_decay) are taken
+    from the reference's group; the ``loss_scale`` entry is ignored here (give it to the loss scaler).
     """
     plist = [p for p in params if p.requires_grad]
-    ref_groups = ref_state.get("param_groups") or [{}]
-    ref_group = ref_groups[0]
+    layout = [list(g) for g in layout] if layout is not None else [[i] for i in range(len(plist))]
+    placed = sorted(i for g in layout for i in g)
+    if placed != list(range(len(plist))):
+        missing = sorted(set(range(len(plist))) - set(placed))
+        raise ValueError(f"the reference parameter layout covers {len(placed)} parameters, this model has "
+                         f"{len(plist)} (not covered: {missing[:8]})")
+    ref_group = (ref_state.get("param_groups") or [{}])[0]
     ref_entries = list(ref_state.get("state", {}).values())
     total = sum(p.numel() for p in plist)
 
@@ -281,27 +289,28 @@ def adam_state_from_reference(ref_state: Mapping[str, Any], params: Iterable[tor
         st = entry.get("step", ref_group.get("step", 0))
         return float(st.item() if hasattr(st, "item") else st)
 
-    new_state: Dict[int, Dict[str, Any]] = {}
     if len(ref_entries) == 1 and ref_entries[0]["exp_avg"].numel() == total:
-        flat = ref_entries[0]
-        offset = 0
-        for i, p in enumerate(plist):
-            n = p.numel()
-            new_state[i] = {
-                "step": torch.tensor(step_of(flat), dtype=torch.float32),
-                "exp_avg": flat["exp_avg"].reshape(-1)[offset:offset + n].view_as(p).to(p.device, torch.float32),
-                "exp_avg_sq": flat["exp_avg_sq"].reshape(-1)[offset:offset + n].view_as(p).to(p.device,
-                                                                                              torch.float32),
-            }
-            offset += n
+        steps = [step_of(ref_entries[0])] * len(layout)
+        flats = [ref_entries[0][k].reshape(-1) for k in ("exp_avg", "exp_avg_sq")]
     else:
-        if len(ref_entries) != len(plist):
-            raise ValueError(f"reference optimizer state has {len(ref_entries)} entries for {len(plist)} parameters")
-        for i, (p, entry) in enumerate(zip(plist, ref_entries)):
-            if entry["exp_avg"].shape != p.shape:
-                raise ValueError(f"parameter {i}: reference moment shape {tuple(entry['exp_avg'].shape)} "
-                                 f"!= {tuple(p.shape)}")
-            new_state[i] = {"step": torch.tensor(step_of(entry), dtype=torch.float32),
-                            "exp_avg": entry["exp_avg"].to(p.device, torch.float32).clone(),
-                            "exp_avg_sq": entry["exp_avg_sq"].to(p.device, torch.float32).clone()}
+        if len(ref_entries) != len(layout):
+            raise ValueError(f"reference optimizer state has {len(ref_entries)} entries for {len(layout)} parameters")
+        for j, (group, entry) in enumerate(zip(layout, ref_entries)):
+            size = sum(plist[i].numel() for i in group)
+            if entry["exp_avg"].numel() != size:
+                raise ValueError(f"reference parameter {j}: moment shape {tuple(entry['exp_avg'].shape)} for "
+                                 f"{[tuple(plist[i].shape) for i in group]}")
+        steps = [step_of(entry) for entry in ref_entries]
+        flats = [torch.cat([entry[k].reshape(-1) for entry in ref_entries]) for k in ("exp_avg", "exp_avg_sq")]
+    new_state: Dict[int, Dict[str, Any]] = {}
+    offset = 0
+    for group, step in zip(layout, steps):
+        for i in group:
+            p = plist[i]
+            n = p.numel()
+            new_state[i] = {"step": torch.tensor(step, dtype=torch.float32)}
+            for name, flat in zip(("exp_avg", "exp_avg_sq"), flats):
+                new_state[i][name] = flat[offset:offset + n].view_as(p).to(p.device, torch.float32).clone()
+            offset += n
+    new_state = dict(sorted(new_state.items()))
     return {"state": new_state, "param_groups": [_group_with_saved_hyperparameters(optimizer, ref_group)]}

@@ -160,6 +160,7 @@ class Trainer:
         checkpoint_extra: Optional[Callable[[], dict]] = None,
         health: Optional[HealthMonitor] = None,
         print_fn: Callable[[str], None] = print,
+        reference_layout: Optional[Callable[[Mapping[str, Any]], list]] = None,
     ):
         self.cfg = cfg
         self.model = model
@@ -177,6 +178,8 @@ class Trainer:
         self.tensorboard = tensorboard
         self.checkpoint_extra = checkpoint_extra or (lambda: {})
         self.health = health
+        # a reference checkpoint -> its parameter order as lists of our parameter names (the model family knows it)
+        self.reference_layout = reference_layout
         # validation keeps its own streaks: train-scope logs (without WER keys) must not reset them
         self.val_health = copy.deepcopy(health) if health is not None else None
         # a closed console (| tee killed by Ctrl-C) must not stop a save
@@ -305,8 +308,17 @@ class Trainer:
         ref = ckpt.get("optimizer")
         if not isinstance(ref, Mapping):
             raise ValueError(f"{source}: reference checkpoint without an optimizer state")
+        layout = None
+        if self.reference_layout is not None:
+            index = {id(p): i for i, p in enumerate(self.params)}
+            by_name = {name: index[id(p)] for name, p in self.model.named_parameters() if id(p) in index}
+            try:
+                layout = [[by_name[name] for name in names] for names in self.reference_layout(ckpt)]
+            except KeyError as exc:
+                raise ValueError(f"{source}: the reference optimizer state names a parameter this model does not "
+                                 f"have: {exc.args[0]}") from None
         try:
-            converted = adam_state_from_reference(ref, self.params, self.optimizer)  # in torch AdamW's layout
+            converted = adam_state_from_reference(ref, self.params, self.optimizer, layout)  # torch AdamW's layout
             self.optimizer.load_state_dict(adapt_optimizer_state(converted, self.optimizer)[0])  # apex: its own
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{source}: the reference optimizer state does not fit this model: {exc}") from None

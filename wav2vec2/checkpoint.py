@@ -44,6 +44,7 @@ __all__ = [
     "load_model",
     "model_checkpoint",
     "upgrade_state_dict",
+    "reference_parameter_layout",
     "load_pretrained_into_ctc",
     "hf_state_dict",
     "from_hf_state_dict",
@@ -283,14 +284,63 @@ def upgrade_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+_ATTENTION_KEY = re.compile(r"(.*self_attn)\.(q_proj|k_proj|v_proj|out_proj)\.(weight|bias)$")
+_POS_CONV_KEY = re.compile(r"(.*pos_conv\.0)\.(bias|weight_g|weight_v)$")
+
+
+def reference_parameter_layout(ckpt: Mapping[str, Any]) -> list[list[str]]:
+    """The reference trainer's parameter order (its ``model.parameters()``, in which its optimizer state is laid
+    out: one flat tensor in mixed precision, one entry per parameter in FP32), as lists of our parameter names: each
+    list is one reference parameter, the concatenation of those of ours (a packed ``qkv`` is q, k, v).
+
+    The order is the checkpoint's own ``model`` key order (the modules' registration order), except inside each
+    attention block, whose saved keys are split: the reference's ``--mha pyt`` (every recipe) holds ``qkv`` then
+    ``out_proj``, fairseq's attention ``k_proj, v_proj, q_proj, out_proj``; and the weight-normalised positional
+    convolution registers ``bias`` before ``weight_g`` and ``weight_v``."""
+    args = ckpt.get("args")
+    mha = args.get("mha") if isinstance(args, Mapping) else getattr(args, "mha", None)
+    shapes = {k: torch.empty(tuple(v.shape), device="meta") for k, v in ckpt["model"].items()
+              if isinstance(v, torch.Tensor)}
+    keys = list(upgrade_state_dict(shapes))  # our names, in the saved order (meta tensors: no copies)
+    layout: list[list[str]] = []
+    done: set[str] = set()
+    for key in keys:
+        if key in done:
+            continue
+        m, p = _ATTENTION_KEY.match(key), _POS_CONV_KEY.match(key)
+        if m is not None:
+            a = m.group(1)
+            if mha == "pyt":
+                block = [[f"{a}.{x}_proj.weight" for x in "qkv"], [f"{a}.{x}_proj.bias" for x in "qkv"],
+                         [f"{a}.out_proj.weight"], [f"{a}.out_proj.bias"]]
+            else:
+                block = [[f"{a}.{x}.{w}"] for x in ("k_proj", "v_proj", "q_proj", "out_proj") for w in ("weight", "bias")]
+        elif p is not None:
+            block = [[f"{p.group(1)}.{x}"] for x in ("bias", "weight_g", "weight_v")]
+        else:
+            block = [[key]]
+        layout.extend(block)
+        done.update(name for names in block for name in names)
+    return layout
+
+
 def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
+    """Load every weight or none: missing, unexpected and wrongly shaped keys are one CheckpointError naming
+    ``source`` and the keys (torch's own shape error names neither the file nor is a CheckpointError)."""
+    own = model.state_dict()
+    shapes = [f"{k} {list(v.shape)} (model: {list(own[k].shape)})" for k, v in sd.items()
+              if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected or shapes:
+        def some(keys: list) -> str:
+            return f"{len(keys)} {keys[:8]}{'...' if len(keys) > 8 else ''}"
+
         raise CheckpointError(
-            f"{source}: parameters do not match the model built from its config: "
-            f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-            f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+            f"{source}: parameters do not match the model built from its config: missing {some(missing)}, "
+            f"unexpected {some(unexpected)}" + (f", other shape {some(shapes)}" if shapes else "")
         )
+    model.load_state_dict(sd, strict=True)
 
 
 def load_pretrained_into_ctc(model: Wav2Vec2ForCTC, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
@@ -397,6 +447,10 @@ def _config_and_kind(ckpt: Mapping[str, Any], sd: Mapping[str, torch.Tensor], pa
     pos_depth = values.get("pos_conv_depth", 1)
     if pos_depth not in (None, 1):
         raise CheckpointError(f"{path}: pos_conv_depth={pos_depth} (data2vec-style) is not supported")
+    if values.get("layer_type", "transformer") not in (None, "transformer"):
+        raise CheckpointError(f"{path}: layer_type={values['layer_type']} (wav2vec2-conformer) is not supported")
+    if values.get("quantize_input"):
+        raise CheckpointError(f"{path}: quantize_input=True (an input quantizer) is not supported")
     return Wav2Vec2Config.from_dict(values, base=Wav2Vec2Config(hourglass_transformer=None)), kind, "fairseq"
 
 
@@ -628,7 +682,7 @@ def hf_config(cfg: Wav2Vec2Config, vocab_size: Optional[int] = None, *, transfor
         "num_codevectors_per_group": cfg.latent_vars,
         "num_codevector_groups": cfg.latent_groups,
         "codevector_dim": cfg.vq_dim,
-        "proj_codevector_dim": cfg.final_dim,
+        "proj_codevector_dim": cfg.proj_dim,
         "contrastive_logits_temperature": cfg.logit_temp,
         "num_negatives": cfg.num_negatives,
         "diversity_loss_weight": 0.1,
@@ -693,6 +747,9 @@ def _load_hf_dir(path: str) -> LoadedCheckpoint:
         raise CheckpointError(f"{path}: not a HuggingFace model directory (no config.json)")
     with open(cfg_path) as f:
         hf_cfg = json.load(f)
+    if hf_cfg.get("model_type", "wav2vec2") != "wav2vec2":
+        raise CheckpointError(f"{path}: a HuggingFace {hf_cfg.get('model_type')!r} model; only wav2vec2 models "
+                              "(Wav2Vec2ForPreTraining / Wav2Vec2ForCTC) can be loaded")
     st = os.path.join(path, "model.safetensors")
     bin_path = os.path.join(path, "pytorch_model.bin")
     if os.path.exists(st):
@@ -707,17 +764,33 @@ def _load_hf_dir(path: str) -> LoadedCheckpoint:
     cfg = config_from_hf(hf_cfg)
     sd = from_hf_state_dict(hf_sd, cfg.extractor_mode)
     kind = _kind_from_state(sd)
-    _drop_identity_projection(sd, cfg, CTC_PREFIX if kind == "ctc" else "")
+    prefix = CTC_PREFIX if kind == "ctc" else ""
+    if prefix + "mask_emb" not in sd and "wav2vec2.masked_spec_embed" not in hf_sd:
+        # HF builds masked_spec_embed only when mask_time_prob or mask_feature_prob > 0; without it HF never
+        # masks, and neither do we (mask_prob 0 from its config): a zero embedding stands in, used only if masking
+        # is switched on later (fine-tuning with --mask_prob)
+        sd[prefix + "mask_emb"] = torch.zeros(cfg.encoder_embed_dim)
+    _drop_identity_projection(sd, cfg, prefix)
     if kind == "pretrain" and not any(k.startswith("quantizer.") for k in sd):
         raise CheckpointError(f"{path}: a bare Wav2Vec2Model without pretraining heads is not supported; use ForPreTraining/ForCTC")
     model = _build(cfg, kind, sd, path)
     model.eval()
     labels = None
     vocab = os.path.join(path, "vocab.json")
+    if kind == "ctc" and hf_cfg.get("pad_token_id", 0) != 0:
+        # HF's CTC blank is its pad token; ours is output 0 (REFERENCE 3.2): another index would decode as a letter
+        raise CheckpointError(
+            f"{path}: its CTC blank (pad_token_id) is output {hf_cfg.get('pad_token_id')}, ours is output 0; only "
+            "vocabularies laid out as HF's converted fairseq models are supported (<pad> <s> </s> <unk> at 0-3, "
+            "pad_token_id 0)")
     if os.path.exists(vocab):
         with open(vocab) as f:
             v = json.load(f)
         symbols = [s for s, _ in sorted(v.items(), key=lambda kv: kv[1])]
+        if kind == "ctc" and sorted(symbols[:4]) != sorted(["<pad>", "<s>", "</s>", "<unk>"]):
+            raise CheckpointError(
+                f"{path}: vocab.json starts with {symbols[:4]}, not the special symbols <pad> <s> </s> <unk> that "
+                "precede the letters in HF's converted fairseq models (and in our dictionary layout)")
         labels = "".join(f"{s} 1\n" for s in symbols[4:])
     return LoadedCheckpoint(model=model, config=cfg, kind=kind, source_format="hf", labels=labels)
 

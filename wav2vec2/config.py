@@ -156,7 +156,7 @@ class Wav2Vec2Config:
     dropout_features: float = 0.1
 
     # --- quantizer / contrastive task -------------------------------------------------------------------------------
-    final_dim: int = 256  # D; Large 768
+    final_dim: int = 256  # D; Large 768; <= 0 means encoder_embed_dim (fairseq / reference rule, see proj_dim)
     quantize_targets: bool = True  # reference CLI default is False but every recipe passes it (see DEVIATIONS)
     latent_vars: int = 320  # V entries per group
     latent_groups: int = 2  # G
@@ -253,8 +253,13 @@ class Wav2Vec2Config:
         return self.conv_layers[-1][0]
 
     @property
+    def proj_dim(self) -> int:
+        """D actually built: ``final_dim``, or C when ``final_dim <= 0`` (fairseq's default 0 means "= C")."""
+        return self.final_dim if self.final_dim > 0 else self.encoder_embed_dim
+
+    @property
     def vq_dim(self) -> int:
-        return self.latent_dim if self.latent_dim > 0 else self.final_dim
+        return self.latent_dim if self.latent_dim > 0 else self.proj_dim
 
     @property
     def total_stride(self) -> int:

@@ -100,7 +100,7 @@ class Wav2Vec2Model(nn.Module):
         self.final_proj: Optional[nn.Linear] = None
         self.target_glu: Optional[nn.Sequential] = None
         if pretraining:
-            d = cfg.final_dim
+            d = cfg.proj_dim
             if cfg.quantize_targets:
                 self.quantizer = GumbelVectorQuantizer(
                     dim=e,
