@@ -30,6 +30,7 @@ from common.logging import TensorBoardLogger, build_logger, training_metadata
 from common.lr_schedules import LRScheduleConfig, LRScheduler
 from common.metrics import MetricsAggregator, MetricsSpec
 from common.optim import OptimizerConfig, build_optimizer
+from common.peak_flops import matmul_dtype, matmul_flops
 from common.precision import PrecisionPolicy
 from common.trainer import Trainer, TrainerConfig
 from wav2vec2.args import (
@@ -39,7 +40,9 @@ from wav2vec2.args import (
     config_from_args,
     preset_defaults,
 )
-from wav2vec2.checkpoint import CheckpointError, load_checkpoint, model_checkpoint, read_checkpoint
+from wav2vec2.checkpoint import (CheckpointError, load_checkpoint, model_checkpoint, read_checkpoint,
+                                 reference_parameter_layout)
+from wav2vec2.config import Wav2Vec2Config
 from wav2vec2.criterion import ContrastiveCriterion, CtcCriterion
 from wav2vec2.model import Wav2Vec2ForCTC, Wav2Vec2Model
 from wav2vec2.tasks import FinetuneTask, PretrainTask
@@ -112,8 +115,14 @@ def build_model(args, print_fn, resumed: dict | None = None):
         cfg = config_from_args(args, base=pretrained.config)
         model = Wav2Vec2ForCTC(cfg, len(dictionary))
         model.load_pretrained(pretrained.model.state_dict())
+    elif resumed is not None and isinstance(resumed.get("model_config") or resumed.get("args"), dict):
+        # --resume alone: the architecture is the resumed checkpoint's (its weights are loaded by the trainer)
+        saved = resumed.get("model_config") or resumed["args"]
+        cfg = config_from_args(args, base=Wav2Vec2Config.from_dict(saved))
+        model = Wav2Vec2ForCTC(cfg, len(dictionary))
     else:
-        raise SystemExit("finetune needs --w2v_path to build the model")
+        raise ValueError(f"finetune needs --w2v_path (the pretrained checkpoint): --resume found no checkpoint in "
+                         f"--output_dir {args.output_dir} to continue")
     return model, cfg, dictionary
 
 
@@ -182,6 +191,22 @@ def health_config(args: argparse.Namespace, latent_groups: int) -> HealthConfig:
                         on_non_finite="stop" if args.on_nonfinite_loss == "stop" else "warn",
                         min_grad_norm=args.min_grad_norm, min_contrastive_loss=args.min_contrastive_loss,
                         patience=args.health_patience)
+
+
+def peak_flops(args: argparse.Namespace, env, print_fn) -> float | None:
+    """All ranks' FLOP/s that the logged ``mfu`` divides by: ``--peak_tflops`` per device, or this device's dense
+    matmul rate in the run's precision, measured now (a fraction of a second)."""
+    if args.peak_tflops is not None:
+        per_device = args.peak_tflops * 1e12
+        source = "--peak_tflops"
+    else:
+        dtype = matmul_dtype(bf16=args.bf16, fp16=args.fp16)
+        per_device = matmul_flops(env.device, dtype)
+        source = f"measured dense {str(dtype).removeprefix('torch.')} matmul rate"
+    if per_device <= 0:
+        return None
+    print_fn(f"MFU denominator: {per_device / 1e12:.3g} TFLOP/s per device ({source})")
+    return per_device * env.world_size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,10 +280,14 @@ def run(args: argparse.Namespace) -> int:
     optimizer = build_optimizer(model.parameters(), OptimizerConfig(
         lr=args.lr, adam_betas=tuple(args.adam_betas), adam_eps=args.adam_eps, weight_decay=args.weight_decay,
         clip_norm=args.clip_norm))
-    scheduler = LRScheduler(optimizer, LRScheduleConfig(
-        lr_policy=args.lr_policy, lr=args.lr, max_update=args.max_update, warmup_updates=args.warmup_updates,
-        hold_updates=args.hold_updates, initial_lr_scale=args.initial_lr_scale, final_lr_scale=args.final_lr_scale,
-        lr_poly_power=args.lr_poly_power, lr_exp_decay=args.lr_exp_decay))
+    try:
+        scheduler = LRScheduler(optimizer, LRScheduleConfig(
+            lr_policy=args.lr_policy, lr=args.lr, max_update=args.max_update, warmup_updates=args.warmup_updates,
+            hold_updates=args.hold_updates, initial_lr_scale=args.initial_lr_scale,
+            final_lr_scale=args.final_lr_scale, lr_poly_power=args.lr_poly_power, lr_exp_decay=args.lr_exp_decay))
+    except ValueError as exc:  # e.g. warm-up and hold longer than --max_update
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     scaler = precision.make_loss_scaler(env.world_size, args.update_freq, init_scale=args.fp16_init_scale,
                                         min_loss_scale=args.min_loss_scale)
 
@@ -267,9 +296,10 @@ def run(args: argparse.Namespace) -> int:
 
     # the epoch and validation timers wait for the device's queued work (sync=True scopes), as the reference's do
     sync = partial(synchronize, env.device) if env.device.type != "cpu" else None
+    peak = peak_flops(args, env, print_fn)
     metrics = MetricsAggregator(spec_train, benchmark_epochs_num=args.benchmark_epochs_num, all_reduce_fn=reduce_fn,
-                                synchronize=sync)
-    valid_metrics = MetricsAggregator(spec_val, all_reduce_fn=reduce_fn, synchronize=sync)
+                                synchronize=sync, peak_flops=peak)
+    valid_metrics = MetricsAggregator(spec_val, all_reduce_fn=reduce_fn, synchronize=sync, peak_flops=peak)
     logger = build_logger(args.output_dir, args.log_file, rank=env.rank, metadata=training_metadata())
     logger.log_parameters({k: v for k, v in vars(args).items()})
     tensorboard = TensorBoardLogger(args.output_dir, rank=env.rank)
@@ -298,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         model=model, task=task, optimizer=optimizer, scheduler=scheduler, precision=precision, scaler=scaler,
         train_loader=train_loader, valid_loader=valid_loader, metrics=metrics, valid_metrics=valid_metrics,
         logger=logger, env=env, tensorboard=tensorboard, checkpoint_extra=checkpoint_extra, health=health,
-        print_fn=print_fn,
+        print_fn=print_fn, reference_layout=reference_parameter_layout,
     )
     finished = False  # the run ended normally on this rank (then the ranks meet before the process group ends)
     try:

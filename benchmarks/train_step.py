@@ -1,8 +1,8 @@
 """One pretraining step (forward, backward, AdamW step) of ours vs HF transformers' Wav2Vec2ForPreTraining.
 
 Same configuration, same weights, same batch, same mask and negatives; the two models run alternately in one
-process and the medians are compared. Also prints frames/s, masked frames/s, model FLOPs per step (counted by
-torch's FLOP counter on our forward+backward), achieved FLOP/s and its fraction of this machine's measured dense
+process and the medians are compared. Also prints frames/s, masked frames/s, model FLOPs per step (counted from
+the shapes by ``wav2vec2.flops``, forward + backward), achieved FLOP/s and its fraction of this machine's measured dense
 matmul rate (MFU), and peak memory (CPU: max RSS growth is not measured per model; see --help).
 
     python -m benchmarks.train_step --preset base --no-hourglass --batch 4 --seconds 15.6 --steps 6
@@ -22,31 +22,18 @@ import time
 import torch
 
 from common.distributed import synchronize
+from common.peak_flops import matmul_dtype, matmul_flops
 from common.optim import OptimizerConfig, build_optimizer, clear_gradients
 from wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2Model, preset
 from wav2vec2.checkpoint import hf_config, hf_state_dict
 from wav2vec2.criterion import ContrastiveCriterion, CtcCriterion
+from wav2vec2.flops import ctc_flops, pretraining_flops
 from wav2vec2.masking import compute_mask
 from wav2vec2.negatives import sample_negative_indices
 
 NO_DROP = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0,
                dropout_input=0.0, dropout_features=0.0)
 VOCAB = 32  # LibriSpeech letters
-
-
-def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 10,
-                device: torch.device = torch.device("cpu")) -> float:
-    """Dense matmul FLOP/s of ``n x n`` products (CPU default n=1024; on CUDA pass n=8192)."""
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - t)
 
 
 def _hf_negatives(neg, mask):
@@ -195,13 +182,12 @@ def main(argv=None) -> int:
             lo, lh = float(step_ours_fwd()), float(step_hf_fwd())
         print(f"same-model check: CTC loss ours {lo:.4f}, HF {lh:.4f}")
 
-    # FLOPs of one of our steps (forward + backward)
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc:
-        step_ours_fwd().backward()
-    ours.zero_grad(set_to_none=True)
-    flops = fc.get_total_flops()
+    # model FLOPs of one step (forward + backward), counted from the shapes (wav2vec2.flops; torch's FLOP counter
+    # overcounts the grouped positional convolution's backward and misses the CPU's fused attention)
+    if args.task == "finetune":
+        flops = ctc_flops(ours.cfg, args.batch, x.shape[1], VOCAB).total
+    else:
+        flops = pretraining_flops(ours.cfg, args.batch, x.shape[1], tokens).total
     if args.compile:
         from common.compile import compile_blocks
         from wav2vec2.encoder import TransformerLayer
@@ -230,8 +216,7 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t0)
             if device.type == "cuda":
                 peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated(device))
-    rate = matmul_rate(torch.bfloat16 if args.bf16 else torch.float32, n=8192 if device.type == "cuda" else 1024,
-                       device=device)
+    rate = matmul_flops(device, matmul_dtype(bf16=args.bf16), budget_s=1.0)
     med = statistics.median(times_ours)
     frames = args.batch * int(ours_frames(ours, x))
     print(f"task={args.task} preset={args.preset} hourglass={cfg.hourglass_transformer} batch={args.batch}x{args.seconds}s "

@@ -128,6 +128,10 @@ def add_common_args(parser: argparse.ArgumentParser, inference: bool = False) ->
         g.add_argument("--log_file", default=None, help="dllogger JSON log (default <output_dir>/nvlog.json)")
     g.add_argument("--log_frequency", type=positive_int, default=1, help="updates between train-scope log lines")
     g.add_argument("--benchmark_epochs_num", type=int, default=3, help="number of last epochs averaged into train_benchmark")
+    if not inference:
+        g.add_argument("--peak_tflops", type=non_negative_float, default=None,
+                       help="(ours) per-device TFLOP/s that the logged mfu divides by (default: the dense matmul rate "
+                            "of the run's precision, measured at start-up; 0: no mfu)")
 
     g = parser.add_argument_group("checkpointing")
     g.add_argument("--no_save", action="store_true", help="never write checkpoints")

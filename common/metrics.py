@@ -275,24 +275,25 @@ class MetricsSpec:
     normalizer: str
     dllogger_keys: Tuple[str, ...]
     normalize_loss_scale: bool = False
-    benchmark_keys: Tuple[str, ...] = ("took", "accuracy", "loss", "ntokens/s")
+    benchmark_keys: Tuple[str, ...] = ("took", "accuracy", "loss", "ntokens/s", "tflop/s", "mfu")
 
     @classmethod
     def pretrain(cls, **kw: Any) -> "MetricsSpec":
-        """Reference ``W2v2Metrics`` plus ``temp`` and ``grad_norm`` in the log (PITFALLS #1)."""
+        """Reference ``W2v2Metrics`` plus ``temp`` and ``grad_norm`` in the log (PITFALLS #1), and throughput in model
+        FLOPs (``tflop/s``, ``mfu``)."""
         red = {"temp": MEAN, "prob_perplexity": MEAN, "code_perplexity": MEAN, "lr": LAST, "loss_scale": LAST,
                "grad_norm": LAST}
         keys = ("loss", "ntokens", "accuracy", "prob_perplexity", "code_perplexity", "temp", "took", "loss_scale",
-                "lr", "grad_norm", "ntokens/s")
+                "lr", "grad_norm", "ntokens/s", "tflop/s", "mfu")
         return cls("pretrain", red, "ntokens", keys, **kw)
 
     @classmethod
     def finetune(cls, **kw: Any) -> "MetricsSpec":
-        """Reference ``W2v2FineTuningMetrics`` (+ ``loss_scale`` and ``grad_norm``)."""
+        """Reference ``W2v2FineTuningMetrics`` (+ ``loss_scale``, ``grad_norm``, ``tflop/s`` and ``mfu``)."""
         red = {"temp": MEAN, "prob_perplexity": MEAN, "code_perplexity": MEAN, "lr": LAST, "loss_scale": LAST,
                "grad_norm": LAST}
         keys = ("loss", "ntokens", "accuracy", "lr", "prob_perplexity", "took", "loss_scale", "grad_norm",
-                "ntokens/s", "uer", "wer", "raw_wer")
+                "ntokens/s", "tflop/s", "mfu", "uer", "wer", "raw_wer")
         return cls("finetune", red, "nsentences", keys, **kw)
 
 
@@ -323,7 +324,9 @@ class MetricsAggregator:
     count 1); item assignment always uses ``last``. ``accumulate`` normalises keys starting with ``loss`` by the
     reduced ``ntokens`` (pre-training) or ``nsentences`` (fine-tuning) and ln 2 (bits), computes
     ``accuracy = correct / count`` and adds everything into the active scopes. Finishing a scope divides by the
-    counts (per-update averages for ``sum`` keys), ``took`` stays the total, ``ntokens/s`` = total tokens / took and
+    counts (per-update averages for ``sum`` keys), ``took`` stays the total, ``ntokens/s`` = total tokens / took,
+    ``tflop/s`` = total model FLOPs (the steps' ``flops``, summed over ranks) / took / 1e12, ``mfu`` = that rate over
+    ``peak_flops`` (all ranks' dense matmul rate together; left out when not given), and
     ``uer``/``wer``/``raw_wer`` are 100 x ratios of totals.
 
     Deviations: Q1 (``loss_scale`` is not normalised); Q9 (losses are normalised even when some ranks had an empty
@@ -334,8 +337,9 @@ class MetricsAggregator:
     def __init__(self, spec: MetricsSpec, benchmark_epochs_num: int = 3,
                  all_reduce_fn: Optional[Callable[[List[float]], List[float]]] = None,
                  synchronize: Optional[Callable[[], None]] = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, peak_flops: Optional[float] = None) -> None:
         self.spec = spec
+        self.peak_flops = peak_flops
         self.benchmark_epochs_num = int(benchmark_epochs_num)
         self._all_reduce_fn = all_reduce_fn or distributed_sum
         self._synchronize = synchronize
@@ -488,6 +492,10 @@ class MetricsAggregator:
         res["took"] = scope.took
         if "ntokens" in scope.sums and scope.took > 0:
             res["ntokens/s"] = scope.sums["ntokens"] / scope.took
+        if "flops" in scope.sums and scope.took > 0:
+            res["tflop/s"] = scope.sums["flops"] / scope.took / 1e12
+            if self.peak_flops:
+                res["mfu"] = scope.sums["flops"] / scope.took / self.peak_flops
         for out, num, den in (("uer", "c_errs", "c_len"), ("wer", "w_errs", "w_len"), ("raw_wer", "wv_errs", "w_len")):
             if num in res and res.get(den, 0) > 0:
                 res[out] = 100.0 * res[num] / res[den]

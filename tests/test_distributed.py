@@ -32,6 +32,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             b.grad = torch.tensor([1.0, 2.0, 3.0])
         all_reduce_gradients([a, b, c, d], world_size=2, bucket_mb=1e-6)  # tiny buckets: one flush per tensor
         torch.save({"a": a.grad, "b": b.grad, "c": c.grad, "d": d.grad}, os.path.join(out_dir, f"{rank}.pt"))
+        dist.barrier()  # no rank tears the group down while the other still uses it (common.distributed.shutdown)
     finally:
         dist.destroy_process_group()
 
@@ -93,6 +94,7 @@ def _stop_worker(rank: int, port: int, out_dir: str) -> None:
         trainer = _two_rank_toy_trainer(rank, out_dir, _Signalled(), _ToyLoader(6), max_update=8, validate=False)
         state = trainer.fit()
         torch.save({"step": state.step}, os.path.join(out_dir, f"stopped{rank}.pt"))
+        dist.barrier()  # no rank tears the group down while the other still uses it (common.distributed.shutdown)
     finally:
         dist.destroy_process_group()
 
@@ -154,6 +156,7 @@ def _validation_worker(rank: int, port: int, out_dir: str) -> None:
                                         validate=True)
         res = trainer._validation_pass(trainer.model)
         torch.save({"loss": res["loss"], "ntokens": res["ntokens"]}, os.path.join(out_dir, f"val{rank}.pt"))
+        dist.barrier()  # no rank tears the group down while the other still uses it (common.distributed.shutdown)
     finally:
         dist.destroy_process_group()
 

@@ -187,6 +187,27 @@ def test_pretrain_aggregation_one_interval():
     assert "train_ntokens/s" in data and "train_loss_0" not in data and "train_correct" not in data
 
 
+def test_model_flops_throughput_and_mfu():
+    """``tflop/s`` = the steps' summed ``flops`` (over micro-batches and ranks) / the scope's time; ``mfu`` divides
+    by the peak given for all ranks together, and is left out without one."""
+    for peak, expect_mfu in ((4e12, True), (None, False)):
+        clock = FakeClock()
+        agg = MetricsAggregator(MetricsSpec.finetune(), clock=clock, peak_flops=peak,
+                                all_reduce_fn=lambda values: [2 * v for v in values])  # two ranks, equal partials
+        agg.start_scope("train")
+        agg.log({"loss": 1.0, "ntokens": 10, "nsentences": 1, "flops": 3e12})
+        agg.log({"loss": 1.0, "ntokens": 10, "nsentences": 1, "flops": 1e12})
+        agg.all_reduce(2)
+        agg.accumulate()
+        clock.t = 2.0
+        res = agg.finish_scope("train")
+        assert res["tflop/s"] == pytest.approx(8.0 / 2.0)  # (3 + 1) x 2 ranks TFLOP in 2 s
+        assert ("mfu" in res) is expect_mfu
+        if expect_mfu:
+            assert res["mfu"] == pytest.approx(4.0 / 4.0)
+            assert list(agg.dllogger_data("train", res))[-3:] == ["train_ntokens/s", "train_tflop/s", "train_mfu"]
+
+
 def test_q1_reproducible():
     agg = MetricsAggregator(MetricsSpec.pretrain(normalize_loss_scale=True), clock=FakeClock())
     agg.start_scope("train")

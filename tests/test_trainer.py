@@ -72,7 +72,8 @@ def _epoch_averages(out_dir: str) -> dict[int, dict[str, float]]:
                 rec = json.loads(line[5:])
                 step, data = rec.get("step"), rec.get("data", {})
                 if isinstance(step, list) and len(step) == 1 and "train_avg_loss" in data:
-                    avgs[step[0]] = {k: v for k, v in data.items() if not k.endswith(("took", "ntokens/s"))}
+                    avgs[step[0]] = {k: v for k, v in data.items()
+                                     if not k.endswith(("took", "ntokens/s", "tflop/s", "mfu"))}
     return avgs
 
 
@@ -126,7 +127,7 @@ def test_two_rank_ddp_equals_one_rank_accumulation(tiny_corpus, tmp_path):
 
 def test_pretrain_then_finetune_then_load(tiny_corpus, tmp_path):
     pre = str(tmp_path / "pre")
-    _run_train(_pretrain_args(tiny_corpus, pre, "--max_update", "4"))
+    _run_train(_pretrain_args(tiny_corpus, pre, "--max_update", "4", "--peak_tflops", "0.001"))
     ft = str(tmp_path / "ft")
     args = [
         "finetune", "--w2v_path", os.path.join(pre, "wav2vec2_update4.pt"), "--data", tiny_corpus,
@@ -142,9 +143,23 @@ def test_pretrain_then_finetune_then_load(tiny_corpus, tmp_path):
 
     loaded = load_checkpoint(os.path.join(ft, "wav2vec2_update4.pt"))
     assert loaded.kind == "ctc" and loaded.labels is not None
+    # --resume alone continues it: the model is built from the checkpoint's own configuration
+    resumed = [a for a in args[:] if a not in ("--w2v_path", os.path.join(pre, "wav2vec2_update4.pt"))]
+    resumed[resumed.index("--max_update") + 1] = "5"
+    res = _run_train([*resumed, "--resume"])
+    assert "Resuming from" in res.stdout and os.path.exists(os.path.join(ft, "wav2vec2_update5.pt"))
     with open(os.path.join(ft, "nvlog.json")) as f:
         text = f.read()
     assert '"val_wer"' in text and '"train_lr"' in text
+    # model FLOPs throughput in every train record; MFU against the measured (fine-tuning) or given (pretraining) peak
+    for out_dir, given_peak in ((pre, 1e-3), (ft, None)):
+        with open(os.path.join(out_dir, "nvlog.json")) as f:
+            records = [json.loads(line[5:]).get("data", {}) for line in f if line.startswith("DLLL ")]
+        train = [r for r in records if "train_loss" in r]
+        assert train and all(r["train_tflop/s"] > 0 and r["train_mfu"] > 0 for r in train)
+        if given_peak is not None:
+            assert all(r["train_mfu"] == pytest.approx(r["train_tflop/s"] / given_peak) for r in train)
+        assert any("train_avg_mfu" in r for r in records)
 
 
 def test_missing_w2v_path_and_bad_data_give_clear_errors(tiny_corpus, tmp_path):
@@ -162,6 +177,19 @@ def test_missing_w2v_path_and_bad_data_give_clear_errors(tiny_corpus, tmp_path):
                          capture_output=True, text=True, cwd=ROOT, env=env)
     assert res.returncode == 2 and "dictionary not found" in res.stderr and "--labels wrd" in res.stderr
     assert res.stderr.count("\n") == 1, res.stderr
+    # --resume without --w2v_path and nothing to resume; a schedule longer than the run
+    res = subprocess.run([sys.executable, "train.py", "finetune", "--resume", "--data", tiny_corpus,
+                          "--output_dir", str(tmp_path / "o4"), "--cpu"], capture_output=True, text=True, cwd=ROOT,
+                         env=env)
+    assert res.returncode == 2 and "--w2v_path" in res.stderr and "o4" in res.stderr
+    assert res.stderr.count("\n") == 1, res.stderr
+    res = subprocess.run([sys.executable, "train.py", "pretrain", *MICRO_MODEL, "--data", tiny_corpus,
+                          "--train_subset", "train", "--valid_subset", "valid", "--output_dir", str(tmp_path / "o5"),
+                          "--cpu", "--lr_policy", "exp", "--final_lr_scale", "0.05", "--max_update", "2",
+                          "--warmup_updates", "1", "--hold_updates", "1", "--update_freq", "1", "--max_tokens", "60000",
+                          "--required_batch_size_multiple", "1"], capture_output=True, text=True, cwd=ROOT,
+                         env=env)
+    assert res.returncode == 2 and res.stderr.startswith("error: --lr_policy exp needs max_update"), res.stderr
 
 
 # ---- the loop itself, on a toy model (no audio) -------------------------------------------------------------------
@@ -212,7 +240,8 @@ class _ToyTask:
     valid_step = train_step
 
 
-def _toy_trainer(tmp_path, task, precision_mode="fp32", print_fn=lambda *a: None, **cfg):
+def _toy_trainer(tmp_path, task, precision_mode="fp32", print_fn=lambda *a: None, model=None, trainer_kw=None,
+                 **cfg):
     from common.lr_schedules import LRScheduleConfig, LRScheduler
     from common.metrics import MetricsAggregator, MetricsSpec
     from common.optim import OptimizerConfig, build_optimizer
@@ -220,7 +249,7 @@ def _toy_trainer(tmp_path, task, precision_mode="fp32", print_fn=lambda *a: None
     from common.trainer import Trainer, TrainerConfig
 
     torch.manual_seed(0)
-    model = torch.nn.Linear(3, 2)
+    model = model if model is not None else torch.nn.Linear(3, 2)
     opt = build_optimizer(model.parameters(), OptimizerConfig(lr=0.01))
     sched = LRScheduler(opt, LRScheduleConfig(lr=0.01, max_update=100, warmup_updates=1))
     precision = PrecisionPolicy(mode=precision_mode, device="cpu")
@@ -231,6 +260,7 @@ def _toy_trainer(tmp_path, task, precision_mode="fp32", print_fn=lambda *a: None
         precision=precision, scaler=precision.make_loss_scaler(1, 1, init_scale=128.0), train_loader=_ToyLoader(6),
         valid_loader=None, metrics=MetricsAggregator(MetricsSpec.pretrain()),
         valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=logger, print_fn=print_fn,
+        **(trainer_kw or {}),
     )
     return trainer, model, logger
 
@@ -471,6 +501,96 @@ def test_resume_from_a_reference_training_checkpoint(tmp_path, layout):
     assert all(torch.equal(a, b) for a, b in zip(model2.state_dict().values(), model.state_dict().values()))
     resumed.fit()  # and it trains on
     assert resumed.state.step == 5
+
+
+def _reference_live_parameters(model, mha: str) -> list[tuple[str, list[str]]]:
+    """The reference model's parameters in its ``model.parameters()`` order, written out by hand from its module
+    registration (REFERENCE.md 1.9, 2.6; fairseq's Wav2Vec2Model): extractor, post_extract_proj, quantizer (vars,
+    weight_proj), project_q, mask_emb, encoder (positional conv: bias, weight_g, weight_v; per layer the attention,
+    with --mha pyt one packed qkv of rows q, k, v, else fairseq's k, v, q order; its norms and fc1/fc2), the
+    encoder's and the extractor's layer norms, final_proj; the CTC model nests it and adds the output projection.
+    Each entry: (the reference's name, the names of ours it concatenates)."""
+    ctc = hasattr(model, "w2v_encoder")
+    pre = "w2v_encoder.w2v_model." if ctc else ""
+    ours = [n for n, _ in model.named_parameters()]
+    live = [(n, [n]) for n in ours if n.startswith(pre + "feature_extractor.")]
+    live += [(pre + f"post_extract_proj.{w}", [pre + f"post_extract_proj.{w}"]) for w in ("weight", "bias")]
+    if not ctc:
+        live += [(n, [n]) for n in ("quantizer.vars", "quantizer.weight_proj.weight", "quantizer.weight_proj.bias",
+                                    "project_q.weight", "project_q.bias")]
+    live += [(pre + "mask_emb", [pre + "mask_emb"])]
+    live += [(pre + f"encoder.pos_conv.0.{w}", [pre + f"encoder.pos_conv.0.{w}"]) for w in ("bias", "weight_g", "weight_v")]
+    layers = sorted({n.split(".self_attn.")[0] for n in ours if ".self_attn." in n})
+    for layer in layers:
+        a = layer + ".self_attn."
+        if mha == "pyt":
+            live += [(a + "qkv.weight", [a + f"{x}_proj.weight" for x in "qkv"]),
+                     (a + "qkv.bias", [a + f"{x}_proj.bias" for x in "qkv"])]
+            live += [(a + f"out_proj.{w}", [a + f"out_proj.{w}"]) for w in ("weight", "bias")]
+        else:
+            live += [(a + f"{x}.{w}", [a + f"{x}.{w}"]) for x in ("k_proj", "v_proj", "q_proj", "out_proj")
+                     for w in ("weight", "bias")]
+        live += [(f"{layer}.{m}.{w}", [f"{layer}.{m}.{w}"]) for m in ("self_attn_layer_norm", "fc1", "fc2",
+                                                                      "final_layer_norm") for w in ("weight", "bias")]
+    live += [(n, [n]) for n in (pre + "encoder.layer_norm.weight", pre + "encoder.layer_norm.bias",
+                                pre + "layer_norm.weight", pre + "layer_norm.bias")]
+    live += [(n, [n]) for n in (("w2v_encoder.proj.weight", "w2v_encoder.proj.bias") if ctc
+                                else ("final_proj.weight", "final_proj.bias"))]
+    return live
+
+
+@pytest.mark.parametrize("kind,mha,layout", [("pretrain", "pyt", "mixed_precision"), ("ctc", "pyt", "fp32_fused_adam"),
+                                             ("ctc", "fairseq", "mixed_precision")])
+def test_reference_optimizer_moments_land_on_their_parameters(tmp_path, kind, mha, layout):
+    """The reference lays its Adam state out in its own model.parameters() order (one flat tensor in mixed
+    precision, one entry per parameter in FP32), which is not ours: the quantizer and project_q come before the
+    encoder there, the recipes' attention is one packed qkv, fairseq's is k, v, q, and the positional conv holds
+    bias, weight_g, weight_v. Every parameter of ours must get its own moments back."""
+    from wav2vec2.checkpoint import reference_parameter_layout
+    from wav2vec2.config import preset
+    from wav2vec2.model import Wav2Vec2ForCTC, Wav2Vec2Model
+
+    cfg = preset("tiny", encoder_layers=2)
+    model = Wav2Vec2Model(cfg) if kind == "pretrain" else Wav2Vec2ForCTC(cfg, vocab_size=8)
+    params = dict(model.named_parameters())
+    live = _reference_live_parameters(model, mha)
+    assert sorted(n for _, names in live for n in names) == sorted(params)  # the hand-written order is complete
+    gen = torch.Generator().manual_seed(0)
+    moments = {n: (torch.randn(p.shape, generator=gen), torch.rand(p.shape, generator=gen)) for n, p in params.items()}
+    packed = [[torch.cat([moments[n][k].reshape(-1) for n in names]) for k in (0, 1)] for _, names in live]
+    group = {"lr": 1e-4, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01}
+    if layout == "mixed_precision":
+        ref_opt = {"state": {0: {"step": 7, "exp_avg": torch.cat([m for m, _ in packed]),
+                                 "exp_avg_sq": torch.cat([v for _, v in packed])}},
+                   "param_groups": [dict(group, params=[0])], "loss_scale": 64.0}
+    else:
+        ref_opt = {"state": {j: {"exp_avg": m, "exp_avg_sq": v} for j, (m, v) in enumerate(packed)},
+                   "param_groups": [dict(group, params=list(range(len(packed))), step=7)]}
+    # the saved model: split attention keys (the reference's state_dict override), out_proj first to show that
+    # the order inside an attention block is not read from the file
+    state = model.state_dict()
+    saved = {}
+    for ref_name, names in live:
+        if ".self_attn." in ref_name and ".out_proj." not in ref_name:
+            continue
+        if ref_name.endswith("out_proj.weight"):
+            a = ref_name[: -len("out_proj.weight")]
+            for n in [a + "out_proj.weight", a + "out_proj.bias"] + [a + f"{x}_proj.{w}" for x in "qkv"
+                                                                     for w in ("weight", "bias")]:
+                saved[n] = state[n]
+        elif not ref_name.endswith("out_proj.bias"):
+            saved.update({n: state[n] for n in names})
+    ckpt = {"args": {"mode": "pretrain", "mha": mha}, "model": saved, "ema_model": None, "optimizer": ref_opt,
+            "scaler": {}, "train_state": {"step": 7, "epoch": 2, "best_val_loss": 1.5, "best_val_wer": math.inf,
+                                          "optimizer_type": "FP16Optimizer" if layout == "mixed_precision"
+                                          else "FusedAdamV2", "scaler_type": "GradScaler"}}
+    trainer, _, _ = _toy_trainer(tmp_path, _ToyTask(), model=model, no_save=True, max_update=10,
+                                 trainer_kw={"reference_layout": reference_parameter_layout})
+    trainer.load_state_dict(ckpt, source="ref.pt")
+    got = trainer.optimizer.state_dict()["state"]
+    for i, (name, _) in enumerate(model.named_parameters()):
+        assert torch.equal(got[i]["exp_avg"], moments[name][0]), name
+        assert torch.equal(got[i]["exp_avg_sq"], moments[name][1]), name
 
 
 def test_ema_weights_validation_and_resume(tmp_path):

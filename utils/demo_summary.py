@@ -93,6 +93,7 @@ def summarise(results: str, data: str, started: Optional[float]) -> tuple[str, d
             continue
         upd = _last_update(recs)
         rate = last_value(recs, r"train_avg_ntokens/s")
+        tflops, mfu = last_value(recs, r"train_avg_tflop/s"), last_value(recs, r"train_avg_mfu")
         unit = "masked frames/s" if stage == "pretrain" else "letters/s"
         extra = ""
         if stage == "pretrain":
@@ -103,6 +104,9 @@ def summarise(results: str, data: str, started: Optional[float]) -> tuple[str, d
             extra = f", final dev-clean WER {wer:.2f}%" if wer is not None else ""
         info[f"{stage}_updates"] = upd
         rate_s = f"{rate:,.0f} {unit}" if rate is not None else "n/a"
+        if tflops is not None:
+            info[f"{stage}_tflops"] = tflops
+            rate_s += f" ({tflops * 1e3:,.1f} GFLOP/s" + (f", MFU {mfu:.1%})" if mfu is not None else ")")
         lines.append(f"{stage}: {upd} updates, throughput {rate_s}{extra}")
     decoders = {}
     for split in ("test-clean", "test-other"):

@@ -15,6 +15,7 @@ from torch import nn
 from common.metrics import WerStats, ctc_greedy_collapse
 
 from .criterion import ContrastiveCriterion, CtcCriterion
+from .flops import ctc_flops, pretraining_flops
 
 __all__ = ["PretrainTask", "FinetuneTask"]
 
@@ -31,26 +32,39 @@ def _lengths_or_none(batch: Mapping[str, Any]) -> torch.Tensor | None:
     return lengths if padded else None
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # DistributedDataParallel keeps the model as .module
+
+
 @dataclass
 class PretrainTask:
+    """Contrastive pretraining. Each step's log also carries its model FLOPs (``flops``, from the batch's shape and
+    masked-frame count: forward and backward in training, forward in validation), from which the metrics derive
+    achieved FLOP/s and MFU."""
+
     criterion: ContrastiveCriterion
     mode: str = "pretrain"
 
     def train_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
+        source = batch["source"]
         out = model(
-            batch["source"],
+            source,
             _lengths_or_none(batch),
             sub_batch_sizes=batch.get("sub_batch_sizes"),
             generator=generator,
         )
-        return self.criterion(out)
+        loss, size, log = self.criterion(out)
+        log["flops"] = pretraining_flops(_unwrapped(model).cfg, source.shape[0], source.shape[1], out.sample_size,
+                                         training=model.training).total
+        return loss, size, log
 
     valid_step = train_step
 
 
 @dataclass
 class FinetuneTask:
-    """CTC training; validation adds the reference's WER statistics (greedy decoding, letter post-processing).
+    """CTC training; validation adds the reference's WER statistics (greedy decoding, letter post-processing). Each
+    step's log carries its model FLOPs (``flops``), as in pretraining.
 
     ``frame_lengths`` is the model's samples-to-frames length map (``Wav2Vec2Model.output_lengths``). Given it and
     the batch's ``host_lengths`` (the loader's CPU copy, which the trainer keeps), the CTC loss gets frame lengths
@@ -72,8 +86,16 @@ class FinetuneTask:
         # targets stay on the CPU: the criterion strips their padding there and sends only the letters over
         return logits, out_lengths, self.criterion(logits, out_lengths, batch["target"], batch["target_lengths"])
 
+    def _flops(self, model: nn.Module, batch: Mapping[str, Any], vocab_size: int) -> float:
+        inner = _unwrapped(model)
+        frozen = model.training and inner.num_updates < inner.cfg.freeze_finetune_updates
+        b, samples = batch["source"].shape
+        return ctc_flops(inner.cfg, b, samples, vocab_size, training=model.training, encoder_frozen=frozen).total
+
     def train_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
-        return self._forward(model, batch, generator)[2]
+        logits, _, (loss, size, log) = self._forward(model, batch, generator)
+        log["flops"] = self._flops(model, batch, logits.shape[-1])
+        return loss, size, log
 
     def valid_step(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator):
         logits, out_lengths, (loss, size, log) = self._forward(model, batch, generator)
@@ -85,4 +107,5 @@ class FinetuneTask:
             ref = [int(t) for t in tgt[i, : int(batch["target_lengths"][i])]]
             stats.add(ctc_greedy_collapse(pred[i, :n].tolist(), self.criterion.blank_index), ref, self.symbols)
         log = dict(log, **stats.log_dict())
+        log["flops"] = self._flops(model, batch, logits.shape[-1])
         return loss, size, log
