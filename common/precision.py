@@ -215,7 +215,9 @@ class DynamicLossScaler:
         iters_since_rescale = self._iter - self._last_rescale_iter
         self._last_overflow_iter = self._iter
         self._overflows_since_rescale += 1
-        if self._overflows_since_rescale / float(iters_since_rescale) >= self.tolerance:
+        # (max: after a MinimumLossScaleError the caller may try again with last_rescale_iter == iter; fairseq
+        # divides by zero there)
+        if self._overflows_since_rescale / float(max(1, iters_since_rescale)) >= self.tolerance:
             self.loss_scale /= self.scale_factor
             if self.threshold is not None:
                 self.loss_scale = max(self.loss_scale, self.threshold)

@@ -12,6 +12,12 @@ from .layers import autocast_off
 
 __all__ = ["sample_negative_indices", "gather_negatives", "contrastive_logits", "contrastive_logits_from_indices"]
 
+# ``--fp32_cosine_sim`` returns float32 logits (the criterion's cross-entropy takes float32 anyway). The reference
+# casts them back to the model dtype: harmless in its FP16 recipe (steps of 2**-7 near 10), but in BF16 the logits
+# near 1 / logit_temp = 10 fall on steps of 0.0625, so a pretrained-early model's 51 candidates take ~6 distinct
+# values, ties with the positive count as correct (accuracy 0.095 instead of 0.029, measured on the tiny preset)
+# and the loss sees quantised similarities. A conscious departure from REFERENCE.md 1.7 ("cast back").
+
 
 def sample_negative_indices(
     batch: int,
@@ -65,8 +71,10 @@ def contrastive_logits(
     x: torch.Tensor, y: torch.Tensor, negatives: torch.Tensor, logit_temp: float, fp32: bool = False
 ) -> torch.Tensor:
     """Cosine similarity of x (B x M x D) with the positive y and each negative (N x B x M x D), divided by
-    ``logit_temp``; negatives identical to the positive get -inf. Returns (1 + N) x B x M, positive first."""
-    out_dtype = x.dtype
+    ``logit_temp``; negatives identical to the positive get -inf. Returns (1 + N) x B x M, positive first, in x's
+    dtype, or in float32 with ``fp32`` (``--fp32_cosine_sim``; the reference casts back to x's dtype, which in BF16
+    rounds logits near 1 / logit_temp = 10 to steps of 0.0625 and makes candidates tie: see the note above)."""
+    out_dtype = torch.float32 if fp32 else x.dtype
     if fp32:
         x, y, negatives = x.float(), y.float(), negatives.float()
     with autocast_off(x.device) if fp32 else contextlib.nullcontext():
@@ -95,7 +103,8 @@ def contrastive_logits_from_indices(
     ``num_within`` columns within-utterance (flat index b*M + j with the same b; any other index fails the
     gather's bounds check instead of giving a wrong logit), the rest cross-sample (any flat index; their
     similarities come from one BM x BM matmul). Negatives equal to the positive (all features identical) get
-    -inf, as in fairseq. Returns (1 + N) x B x M, positive first.
+    -inf, as in fairseq. Returns (1 + N) x B x M, positive first, in x's dtype, or in float32 with ``fp32``
+    (see the note above :func:`sample_negative_indices`).
 
     On the 2-core CPU this takes the tiny/Base pretraining step's contrastive head from ~200 ms (broadcast
     cosine similarity over the gathered copies and its backward) to a few ms; the values agree with
@@ -105,9 +114,9 @@ def contrastive_logits_from_indices(
     n = indices.shape[-1]
     if not 0 <= num_within <= n:
         raise ValueError(f"num_within={num_within} must lie in [0, {n}] (columns of the negative indices)")
-    if fp32:  # float32 for real: under autocast the matmuls would cast their inputs back down
+    if fp32:  # float32 for real: under autocast the matmuls would cast their inputs back down; kept in float32
         with autocast_off(x.device):
-            return _logits_from_indices(x.float(), y.float(), indices, num_within, logit_temp).to(out_dtype)
+            return _logits_from_indices(x.float(), y.float(), indices, num_within, logit_temp)
     return _logits_from_indices(x, y, indices, num_within, logit_temp).to(out_dtype)
 
 

@@ -222,7 +222,8 @@ precision_flags() {
     require_bool BF16
     require_exclusive FP16 BF16
     if is_true FP16; then add_flag --fp16 --fp32_cosine_sim --fp32_conv_norms --fp32_pos_conv; fi
-    if is_true BF16; then add_flag --bf16 --fp32_pos_conv; fi
+    # (ours: --fp32_cosine_sim too; BF16 contrastive logits tie with the positive otherwise, docs/DEVIATIONS.md)
+    if is_true BF16; then add_flag --bf16 --fp32_pos_conv --fp32_cosine_sim; fi
     bool_flag FP32_TRANSFORMER_LAYERNORM --fp32_transformer_layernorm
     bool_flag FP32_MHA_SOFTMAX --fp32_mha_softmax
     bool_flag FP32_COSINE_SIM --fp32_cosine_sim
