@@ -271,7 +271,8 @@ def adam_state_from_reference(ref_state: Mapping[str, Any], params: Iterable[tor
     parameters of ours that it is made of, concatenated (a packed attention projection is three of ours); default:
     the same parameters in the same order. Handles the mixed-precision layout (the inner Adam's state for ONE flat
     fp32 tensor: ``step``, ``exp_avg``, ``exp_avg_sq``, split back per parameter) and the FP32 apex FusedAdam layout
-    (per-parameter moments; ``step`` in the param group). Hyper-parameters (lr, betas, eps, weight_decay) are taken
+    (per-parameter moments keyed by the parameter's index, present only for parameters that had a gradient; ``step``
+    in the param group); parameters without reference moments get no state (Adam starts them afresh). Hyper-parameters (lr, betas, eps, weight_decay) are taken
     from the reference's group; the ``loss_scale`` entry is ignored here (give it to the loss scaler).
     """
     plist = [p for p in params if p.requires_grad]
@@ -282,35 +283,41 @@ def adam_state_from_reference(ref_state: Mapping[str, Any], params: Iterable[tor
         raise ValueError(f"the reference parameter layout covers {len(placed)} parameters, this model has "
                          f"{len(plist)} (not covered: {missing[:8]})")
     ref_group = (ref_state.get("param_groups") or [{}])[0]
-    ref_entries = list(ref_state.get("state", {}).values())
+    ref_items = list(ref_state.get("state", {}).items())
     total = sum(p.numel() for p in plist)
 
     def step_of(entry: Mapping[str, Any]) -> float:
         st = entry.get("step", ref_group.get("step", 0))
         return float(st.item() if hasattr(st, "item") else st)
 
-    if len(ref_entries) == 1 and ref_entries[0]["exp_avg"].numel() == total:
-        steps = [step_of(ref_entries[0])] * len(layout)
-        flats = [ref_entries[0][k].reshape(-1) for k in ("exp_avg", "exp_avg_sq")]
-    else:
-        if len(ref_entries) != len(layout):
-            raise ValueError(f"reference optimizer state has {len(ref_entries)} entries for {len(layout)} parameters")
-        for j, (group, entry) in enumerate(zip(layout, ref_entries)):
-            size = sum(plist[i].numel() for i in group)
-            if entry["exp_avg"].numel() != size:
-                raise ValueError(f"reference parameter {j}: moment shape {tuple(entry['exp_avg'].shape)} for "
-                                 f"{[tuple(plist[i].shape) for i in group]}")
-        steps = [step_of(entry) for entry in ref_entries]
-        flats = [torch.cat([entry[k].reshape(-1) for entry in ref_entries]) for k in ("exp_avg", "exp_avg_sq")]
-    new_state: Dict[int, Dict[str, Any]] = {}
-    offset = 0
-    for group, step in zip(layout, steps):
+    def moments(entry: Mapping[str, Any], group: Sequence[int]) -> Dict[int, Dict[str, Any]]:
+        """One reference parameter's moments split over the parameters of ours that it is made of."""
+        out, offset = {}, 0
         for i in group:
             p = plist[i]
             n = p.numel()
-            new_state[i] = {"step": torch.tensor(step, dtype=torch.float32)}
-            for name, flat in zip(("exp_avg", "exp_avg_sq"), flats):
-                new_state[i][name] = flat[offset:offset + n].view_as(p).to(p.device, torch.float32).clone()
+            out[i] = {"step": torch.tensor(step_of(entry), dtype=torch.float32)}
+            for name in ("exp_avg", "exp_avg_sq"):
+                flat = entry[name].reshape(-1)
+                out[i][name] = flat[offset:offset + n].view_as(p).to(p.device, torch.float32).clone()
             offset += n
+        return out
+
+    new_state: Dict[int, Dict[str, Any]] = {}
+    if len(ref_items) == 1 and ref_items[0][1]["exp_avg"].numel() == total:  # mixed precision: one flat tensor
+        new_state = moments(ref_items[0][1], [i for group in layout for i in group])
+    else:
+        # per parameter, keyed by the parameter's index in the reference's order; apex creates state only for
+        # parameters that got a gradient (none for a frozen extractor), so some indices may be missing
+        for key, entry in ref_items:
+            j = int(key)
+            if not 0 <= j < len(layout):
+                raise ValueError(f"reference optimizer state has an entry for parameter {j}, the model "
+                                 f"{len(layout)} parameters")
+            size = sum(plist[i].numel() for i in layout[j])
+            if entry["exp_avg"].numel() != size:
+                raise ValueError(f"reference parameter {j}: moment shape {tuple(entry['exp_avg'].shape)} for "
+                                 f"{[tuple(plist[i].shape) for i in layout[j]]}")
+            new_state.update(moments(entry, layout[j]))
     new_state = dict(sorted(new_state.items()))
     return {"state": new_state, "param_groups": [_group_with_saved_hyperparameters(optimizer, ref_group)]}

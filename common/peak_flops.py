@@ -24,18 +24,21 @@ def matmul_dtype(bf16: bool = False, fp16: bool = False) -> torch.dtype:
 
 def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None,
                  budget_s: float = 0.1, min_repeats: int = 3) -> float:
-    """Dense FLOP/s of square products on ``device``: the best of the timed products after a warm-up, for about
-    ``budget_s`` seconds and at least ``min_repeats`` products. The size is ``size``, else the largest power of two
-    up to 1024 on the CPU (8192 on GPUs) whose product takes at most an eighth of the budget (a slow precision, such
-    as float16 on most CPUs, is measured on smaller products instead of stalling the start of a run)."""
+    """Dense FLOP/s of square products on ``device``: the best of the timed products, for about ``budget_s``
+    seconds and at least ``min_repeats`` products. The size is ``size``; else 8192 on GPUs, and on the CPU the
+    largest power of two up to 1024 whose (warmed-up) product takes at most 1/64 of the budget, so that the next
+    size's, 8x costlier, stays within an eighth (a slow precision, such as float16 on most CPUs, is measured on
+    smaller products instead of stalling the start of a run). Every size is warmed up before it is timed: the first
+    product also pays for library set-up (cuBLAS handles, oneDNN kernels)."""
     limit = size or (1024 if device.type == "cpu" else 8192)
-    n = min(limit, 256)
+    n = limit if (size or device.type != "cpu") else min(limit, 256)
     while True:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
+        a @ b  # warm-up
         synchronize(device)
         t0 = time.perf_counter()
-        a @ b  # (also the warm-up)
+        a @ b
         synchronize(device)
         if n >= limit or time.perf_counter() - t0 > budget_s / 64:
             break

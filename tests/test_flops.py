@@ -112,13 +112,30 @@ def test_ctc_frozen_encoder_costs_its_forward_and_the_projections_weight_gradien
     assert frozen.backward == 2.0 * B * t * cfg.encoder_embed_dim * 32
 
 
-def test_layerdrop_counted_at_its_rate_in_training_only():
-    cfg = preset("tiny", encoder_layerdrop=0.25)
-    plain = preset("tiny", encoder_layerdrop=0.0)
-    enc = lambda c, training: ctc_flops(c, 1, L, 32, training=training).forward  # noqa: E731
-    head = ctc_flops(preset("tiny", encoder_layers=0, encoder_layerdrop=0.0), 1, L, 32).forward
-    assert enc(cfg, True) - head == pytest.approx(0.75 * (enc(plain, True) - head), rel=0.05)
-    assert enc(cfg, False) == enc(plain, False)
+def test_layerdrop_counted_at_its_rate_in_training_mode():
+    """LayerDrop draws the kept layers per update: averaged over 200 updates, torch's count of the training forward
+    approaches the expected count; in eval mode every layer runs. A frozen CTC encoder is still in training mode,
+    so its layers are dropped too."""
+    torch.manual_seed(0)
+    m = 4
+    cfg = preset("tiny", num_negatives=m - 1, **dict(NO_DROP, encoder_layerdrop=0.5))
+    model = Wav2Vec2Model(cfg).train()
+    x = torch.randn(1, 4000)
+    t = extractor_frames(cfg, 4000)[-1]
+    mask = torch.zeros(1, t, dtype=torch.bool)
+    mask[0, :m] = True
+    counts = []
+    for update in range(1, 201):
+        model.set_num_updates(update)  # reseeds the LayerDrop stream
+        counts.append(counted(lambda: model(x, mask_indices=mask)))
+    expected = pretraining_flops(cfg, 1, 4000, m).forward
+    every_layer = pretraining_flops(cfg, 1, 4000, m, training=False).forward
+    assert expected < every_layer
+    assert sum(counts) / len(counts) == pytest.approx(expected, rel=0.05)
+    assert min(counts) < expected < max(counts) <= every_layer
+    ctc_cfg = preset("tiny", encoder_layerdrop=0.5, freeze_finetune_updates=10)
+    frozen = ctc_flops(ctc_cfg, B, L, 32, encoder_frozen=True).forward
+    assert frozen == ctc_flops(ctc_cfg, B, L, 32).forward < ctc_flops(ctc_cfg, B, L, 32, training=False).forward
 
 
 def test_base_step_order_of_magnitude():

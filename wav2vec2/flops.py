@@ -1,5 +1,6 @@
 """Model FLOPs of the wav2vec 2.0 models, counted from shapes: what the trainer divides by time to report achieved
-FLOP/s and MFU (model FLOPs utilisation, as nanoGPT and PaLM define it).
+FLOP/s and MFU (model FLOPs utilisation; nanoGPT and PaLM divide by the hardware's datasheet peak, the trainer by a
+measured dense matmul rate unless ``--peak_tflops`` gives the datasheet's).
 
 Counted are the multiply-adds (2 FLOPs each) of every matmul and convolution the model's mathematics needs:
 extractor convolutions, the projections, the positional convolution, attention (q/k/v/out projections and the two
@@ -8,9 +9,10 @@ the contrastive similarities (1 + negatives per masked frame) and the CTC projec
 softmax and the loss are left out (a few per cent of the arithmetic, none of it on the matrix units).
 
 The backward pass costs twice the forward for a layer whose input needs a gradient (input gradient + weight
-gradient) and once for a layer whose input does not (the first extractor convolution, a projection after a frozen
-extractor); frozen parts (``feature_grad_mult`` 0, ``freeze_finetune_updates``) cost their forward only. LayerDrop
-is counted at its expected rate. Shapes are the batch's tensor shape: padded frames count (they are computed).
+gradient) and once for a layer whose input does not (the first extractor convolution, whose input is the
+waveform); frozen parts (``feature_grad_mult`` 0, ``freeze_finetune_updates``) cost their forward only. LayerDrop
+is counted at its expected rate whenever the model is in training mode (also while the encoder is frozen). Shapes
+are the batch's tensor shape: padded frames count (they are computed).
 """
 
 from __future__ import annotations
@@ -77,13 +79,14 @@ def _layer(cfg: Wav2Vec2Config, rows: float, t: float, trained: bool, input_grad
     return out
 
 
-def _encoder(cfg: Wav2Vec2Config, batch: int, t: int, trained: bool, input_grad: bool) -> StepFlops:
-    """Positional convolution and the transformer layers (plain stack or Hourglass) on B x t frames."""
+def _encoder(cfg: Wav2Vec2Config, batch: int, t: int, trained: bool, input_grad: bool, training: bool) -> StepFlops:
+    """Positional convolution and the transformer layers (plain stack or Hourglass) on B x t frames; ``training``:
+    the model is in training mode (LayerDrop active), ``trained``: the encoder learns."""
     c = cfg.encoder_embed_dim
     out = StepFlops()
     t_pos = t + 1 - cfg.conv_pos % 2  # 'same' padding of an even kernel computes one frame more (then dropped)
     out.add(2.0 * batch * t_pos * c * (c // cfg.conv_pos_groups) * cfg.conv_pos, trained, input_grad)
-    keep = 1.0 - cfg.encoder_layerdrop if trained else 1.0  # LayerDrop runs in training only
+    keep = 1.0 - cfg.encoder_layerdrop if training else 1.0  # LayerDrop runs in training mode only
     hg = cfg.hourglass
     full = (cfg.encoder_layers if hg is None else hg.n_pre + hg.n_post) * keep
     layer = _layer(cfg, batch * t, t, trained, trained)
@@ -99,14 +102,14 @@ def _encoder(cfg: Wav2Vec2Config, batch: int, t: int, trained: bool, input_grad:
 
 
 def _front(cfg: Wav2Vec2Config, batch: int, num_samples: int, extractor_trained: bool,
-           encoder_trained: bool) -> tuple[StepFlops, int]:
+           encoder_trained: bool, training: bool) -> tuple[StepFlops, int]:
     """Extractor, ``post_extract_proj`` and encoder; also returns the frame count."""
     t = extractor_frames(cfg, num_samples)[-1]
     out = _extractor(cfg, batch, num_samples, extractor_trained)
     if cfg.embed_dim != cfg.encoder_embed_dim:
         # (its input needs a gradient whenever the model learns: the layer norm before it has weights)
         out.add(2.0 * batch * t * cfg.embed_dim * cfg.encoder_embed_dim, encoder_trained, encoder_trained)
-    return out + _encoder(cfg, batch, t, encoder_trained, encoder_trained), t
+    return out + _encoder(cfg, batch, t, encoder_trained, encoder_trained, training), t
 
 
 def pretraining_flops(cfg: Wav2Vec2Config, batch: int, num_samples: int, masked_frames: int,
@@ -114,7 +117,7 @@ def pretraining_flops(cfg: Wav2Vec2Config, batch: int, num_samples: int, masked_
     """One pretraining batch of ``batch`` x ``num_samples`` samples with ``masked_frames`` masked frames in all
     (the contrastive loss's rows); ``training``: forward and backward, else forward only (validation)."""
     extractor_trained = training and cfg.feature_grad_mult > 0
-    out, _ = _front(cfg, batch, num_samples, extractor_trained, training)
+    out, _ = _front(cfg, batch, num_samples, extractor_trained, training, training)
     e, d, rows = cfg.embed_dim, cfg.proj_dim, float(masked_frames)
     if cfg.quantize_targets:
         width = e  # the quantizer reads the (layer-normalised, unmasked) features
@@ -140,6 +143,6 @@ def ctc_flops(cfg: Wav2Vec2Config, batch: int, num_samples: int, vocab_size: int
     ``freeze_finetune_updates``, where only the output projection learns."""
     encoder_trained = training and not encoder_frozen
     extractor_trained = encoder_trained and cfg.feature_grad_mult > 0
-    out, t = _front(cfg, batch, num_samples, extractor_trained, encoder_trained)
+    out, t = _front(cfg, batch, num_samples, extractor_trained, encoder_trained, training)
     out.add(2.0 * batch * t * cfg.encoder_embed_dim * vocab_size, training, encoder_trained)
     return out
