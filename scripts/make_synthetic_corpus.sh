@@ -68,4 +68,6 @@ else
 fi
 
 "$PYTHON" -m utils.validate --data "$DATA_DIR" --subset train --labels ltr | tail -n 1
-echo "synthetic corpus ready: --data $DATA_DIR (train: train, valid: dev-clean/dev-other, fine-tune: train-10min, ...)"
+FT_LISTS=""
+for M in $FT_MINUTES; do FT_LISTS="$FT_LISTS${FT_LISTS:+, }train-${M}min"; done
+echo "synthetic corpus ready: --data $DATA_DIR (train: train, valid: dev-clean/dev-other, fine-tune: ${FT_LISTS:-none})"
