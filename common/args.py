@@ -149,7 +149,9 @@ def add_common_args(parser: argparse.ArgumentParser, inference: bool = False) ->
                         "not be exact)")
 
     g = parser.add_argument_group("precision")
-    g.add_argument("--amp", action="store_true", help="accepted for compatibility; --fp16/--bf16 select the precision")
+    g.add_argument("--amp", action="store_true",
+                   help=("inference: --fp16 unless --bf16 is given (the reference's --amp)" if inference else
+                         "accepted for compatibility; --fp16/--bf16 select the precision"))
     g.add_argument("--fp16", action="store_true", help="float16 mixed precision with dynamic loss scaling")
     g.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (autocast; also on CPU)")
     g.add_argument("--tf32", type=str2bool, default=True, help="(ours) allow TF32 matmul/cuDNN on Ampere+ GPUs (the reference: on through its container's defaults)")
