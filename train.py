@@ -32,7 +32,7 @@ from common.metrics import MetricsAggregator, MetricsSpec
 from common.optim import OptimizerConfig, build_optimizer
 from common.peak_flops import matmul_dtype, matmul_flops
 from common.precision import PrecisionPolicy
-from common.trainer import Trainer, TrainerConfig
+from common.trainer import HealthStop, Trainer, TrainerConfig
 from wav2vec2.args import (
     add_dropout_and_masking_args,
     add_finetuning_args,
@@ -213,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)
-    except (DataError, OSError, UnreadableCheckpointsError, FloatingPointError) as exc:
+    except (DataError, OSError, UnreadableCheckpointsError, FloatingPointError, HealthStop) as exc:
         # a file read or written during the run (an audio file, the output directory, every checkpoint unreadable):
-        # one line naming it; the trainer has saved what it could. Also a run stopped for non-finite losses
+        # one line naming it; the trainer has saved what it could. Also a run stopped for non-finite losses or by
+        # --on_collapse stop
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
 

@@ -135,7 +135,8 @@ class WerStats:
 
     ``c_errs``/``c_len``: token edit distance / reference tokens (letters incl. ``|``); ``w_errs``/``wv_errs``/``w_len``:
     word edit distance (identical without an LM decoder) / reference words. ``empty_preds`` counts utterances whose
-    greedy prediction is empty (blank-only output; used by :mod:`common.health`).
+    greedy prediction holds no word: blank-only output, or only word separators, the two ways a stuck CTC model
+    outputs nothing (used by :mod:`common.health`).
     """
 
     c_errs: int = 0
@@ -159,7 +160,7 @@ class WerStats:
         self.wv_errs += dist
         self.w_len += len(ref_words)
         self.n_utts += 1
-        self.empty_preds += int(len(pred_ids) == 0)
+        self.empty_preds += int(not pred_words)  # blank-only, or only word separators: no word at all
 
     def add_frames(self, frame_ids: Any, ref_ids: Sequence[int], symbols: Sequence[str], blank: int = 0) -> None:
         """Add one utterance from its frame-wise argmax ids (truncated to the valid length)."""

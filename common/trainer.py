@@ -38,7 +38,11 @@ from common.optim import (adam_state_from_reference, adapt_optimizer_state, clea
 from common.precision import PrecisionPolicy
 from common.progress import Progress, quietly
 
-__all__ = ["TrainerConfig", "TrainingTask", "Trainer", "ExponentialMovingAverage", "micro_batch_seed"]
+__all__ = ["TrainerConfig", "TrainingTask", "Trainer", "ExponentialMovingAverage", "micro_batch_seed", "HealthStop"]
+
+
+class HealthStop(RuntimeError):
+    """``--on_collapse stop``: a collapse or blank-only sign persisted; the run was saved at that update first."""
 
 
 class TrainingTask(Protocol):
@@ -470,7 +474,10 @@ class Trainer:
         for issue in monitor.check(results, self.state.step):
             self.print(f"HEALTH {issue.kind} at update {issue.update}: {issue.reason} (action: {issue.action})")
             if issue.action == "stop":
-                raise RuntimeError(f"stopping: {issue.reason} (update {issue.update})")
+                # every rank sees the same reduced figures and stops here; the updates so far are kept
+                self.save()
+                raise HealthStop(f"{issue.kind}: {issue.reason}; stopped after saving update {self.state.step} "
+                                 "(--on_collapse stop; --on_collapse warn only reports)")
 
     def _install_signal_handlers(self) -> dict:
         """SIGTERM, SIGUSR1 and a first Ctrl-C (SIGINT) stop the run at the end of the current update, after saving
@@ -564,6 +571,8 @@ class Trainer:
             if cfg.validate and self.valid_loader is not None:
                 try:
                     best = self.validate()
+                except HealthStop:
+                    raise  # (saved already)
                 except Exception:
                     self._say_on_failure("Validation failed: saving the trained epoch first (a resume validates it "
                                          "again)")

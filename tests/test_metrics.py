@@ -91,6 +91,9 @@ def test_wer_stats_hand_computed():
     assert (st.w_errs, st.w_len) == (1 + 0 + 1, 3 + 1 + 1)
     assert st.empty_preds == 1 and st.n_utts == 3
     assert st.uer == pytest.approx(100 * 4 / 17) and st.wer == pytest.approx(40.0)
+    # a stuck model that emits only word separators outputs no word either (PITFALLS #11)
+    st.add_frames([IDX["|"], 0, IDX["|"], IDX["|"]], enc("NO"), SYMBOLS)
+    assert st.empty_preds == 2 and st.n_utts == 4
     assert st.log_dict()["w_len"] == 5
 
 

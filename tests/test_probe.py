@@ -59,7 +59,45 @@ def test_layer_rank_cli_prints_ranks_and_warns_below_threshold(tiny_corpus, caps
     # a random model's top layer is far above 4 but below the width: a threshold of 144 must warn
     assert main(["random:tiny", "--data", tiny_corpus, "--subset", "valid", "--utterances", "2",
                  "--warn_below", "144"]) == 0
-    assert "WARNING: random:tiny: the last transformer layer's effective rank" in capsys.readouterr().out
+    assert "WARNING: random:tiny: the effective rank of " in capsys.readouterr().out
+
+
+def test_layer_rank_cli_warns_on_a_collapsed_extractor_whose_top_layer_looks_fine(tiny_corpus, capsys, monkeypatch):
+    """A pretraining run collapsed by a huge lr leaves constant conv features (rank 0) while the top layer keeps a few
+    positional directions (pos_conv edge effects: rank ~5-8); fine-tuning from it stalls (only '|' predicted). The
+    warning must follow the lowest rank, here judged by an independent numpy SVD of the features."""
+    import numpy as np
+
+    import utils.layer_rank as lr
+    from wav2vec2.probe import layer_effective_ranks
+
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(preset("tiny"))
+    last = len(model.feature_extractor.conv_layers) - 1
+    with torch.no_grad():
+        for name, p in model.feature_extractor.named_parameters():
+            if name.startswith(f"conv_layers.{last}."):
+                p.zero_()  # a dead extractor: every frame the same
+    monkeypatch.setattr(lr, "_load", lambda spec, seed: model)
+
+    def np_rank(x):
+        x = np.asarray(x, dtype=np.float64)
+        s = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
+        if s.sum() <= 1e-20:
+            return 0.0
+        p = s[s > 0] / s.sum()
+        return float(np.exp(-(p * np.log(p)).sum()))
+
+    waves = [torch.randn(16000), torch.randn(24000)]
+    with torch.no_grad():
+        feats = np.concatenate([model.layer_norm(model._features(w[None], None)[0])[0].numpy() for w in waves])
+    assert np_rank(feats) < 4
+    assert layer_effective_ranks(model, waves)["layer_3"] >= 4  # what the old last-layer-only check looked at
+    assert lr.main(["collapsed.pt", "--data", tiny_corpus, "--subset", "valid", "--utterances", "2",
+                    "--warn_below", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "features=0.0" in out
+    assert "WARNING: collapsed.pt: the effective rank of features is 0.0 (below 4)" in out
 
 
 def test_layer_rank_cli_names_the_manifest_line_of_a_missing_audio_file(tiny_corpus, tmp_path, capsys):

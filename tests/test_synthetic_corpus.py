@@ -153,6 +153,50 @@ def test_tiny_corpus_audio_and_transcripts(tiny_corpus):
     assert "1001" in (root / "SPEAKERS.TXT").read_text()
 
 
+def _libri_table(path: Path) -> list:
+    """Rows of a LibriSpeech SPEAKERS.TXT / CHAPTERS.TXT as a header-driven reader parses them: the first ';' line
+    with '|' names the columns, other ';' lines are comments, rows split on '|' into that many fields."""
+    cols, rows = None, []
+    for line in path.read_text().splitlines():
+        if line.startswith(";"):
+            if cols is None and line.count("|") >= 2:
+                cols = [c.strip() for c in line[1:].split("|")]
+            continue
+        parts = [c.strip() for c in line.split("|", len(cols) - 1)]
+        assert len(parts) == len(cols), line
+        rows.append(dict(zip(cols, parts)))
+    return rows
+
+
+@needs_espeak
+def test_speakers_and_chapters_files_in_librispeech_format(tiny_corpus):
+    """SPEAKERS.TXT and CHAPTERS.TXT carry LibriSpeech's column headers; their rows agree with the audio on disk
+    (speaker/chapter directories, minutes from the FLAC headers)."""
+    root = tiny_corpus / "LibriSpeech"
+    speakers_txt = (root / "SPEAKERS.TXT").read_text().splitlines()
+    assert ";ID  |SEX| SUBSET           |MINUTES| NAME" in speakers_txt
+    chapters_txt = (root / "CHAPTERS.TXT").read_text().splitlines()
+    assert ";ID      |READER|MINUTES| SUBSET           | PROJ.|BOOK ID| CH. TITLE | PROJECT TITLE" in chapters_txt
+    minutes, speaker_split = {}, {}
+    for f in root.glob("*/*/*/*.flac"):
+        split, spk, chap = f.parts[-4:-1]
+        speaker_split[spk] = split
+        key = (chap, spk, split)
+        minutes[key] = minutes.get(key, 0) + sf.info(str(f)).frames / 16000 / 60
+    chapters = _libri_table(root / "CHAPTERS.TXT")
+    assert {(r["ID"], r["READER"], r["SUBSET"]) for r in chapters} == set(minutes)
+    for r in chapters:
+        assert float(r["MINUTES"]) == pytest.approx(minutes[(r["ID"], r["READER"], r["SUBSET"])], abs=0.006)
+    speakers = _libri_table(root / "SPEAKERS.TXT")
+    assert {r["ID"]: r["SUBSET"] for r in speakers} == speaker_split
+    assert all(r["SEX"] in ("M", "F") for r in speakers)
+    by_speaker = {}
+    for (_, spk, _), m in minutes.items():
+        by_speaker[spk] = by_speaker.get(spk, 0) + m
+    for r in speakers:
+        assert float(r["MINUTES"]) == pytest.approx(by_speaker[r["ID"]], abs=0.006)
+
+
 @needs_espeak
 def test_same_seed_identical_bytes_and_rerun_skips(tiny_corpus, tmp_path, capsys):
     other = tmp_path / "b"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,10 +258,10 @@ def _toy_trainer(tmp_path, task, precision_mode="fp32", print_fn=lambda *a: None
     logger = RecordingLogger()
     trainer = Trainer(
         TrainerConfig(output_dir=str(tmp_path), **cfg), model=model, task=task, optimizer=opt, scheduler=sched,
-        precision=precision, scaler=precision.make_loss_scaler(1, 1, init_scale=128.0), train_loader=_ToyLoader(6),
-        valid_loader=None, metrics=MetricsAggregator(MetricsSpec.pretrain()),
-        valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=logger, print_fn=print_fn,
-        **(trainer_kw or {}),
+        precision=precision, scaler=precision.make_loss_scaler(1, 1, init_scale=128.0),
+        **dict(dict(train_loader=_ToyLoader(6), valid_loader=None, metrics=MetricsAggregator(MetricsSpec.pretrain()),
+                    valid_metrics=MetricsAggregator(MetricsSpec.pretrain()), logger=logger, print_fn=print_fn),
+               **(trainer_kw or {})),
     )
     return trainer, model, logger
 
@@ -439,6 +440,34 @@ def test_nonfinite_loss_policy_with_the_runs_health_monitor(tmp_path, policy):
               if isinstance(step, tuple) and len(step) == 3 and "train_loss" in d]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert all(math.isfinite(float(p.detach().sum())) for p in model.parameters())
+
+
+@pytest.mark.parametrize("where", ["train", "val"])
+def test_on_collapse_stop_saves_the_stopping_update(tmp_path, where):
+    """--on_collapse stop: the update at which the sign persisted is saved, then one HealthStop (train.py prints it
+    as one error line, status 2); a validation-time stop is not reported as a failed validation."""
+    from common.health import HealthConfig, HealthMonitor
+    from common.trainer import HealthStop
+
+    class _Collapsed(_ToyTask):
+        def train_step(self, model, batch, generator):
+            loss, size, log = super().train_step(model, batch, generator)
+            if where == "train" or not model.training:
+                log["code_perplexity"] = 2.0  # at the floor of G = 2 groups (threshold 1.5 x 2)
+            return loss, size, log
+
+        valid_step = train_step
+
+    health = HealthMonitor("pretrain", HealthConfig(patience=2, on_collapse="stop"))
+    printed = []
+    trainer, _, _ = _toy_trainer(tmp_path, _Collapsed(), print_fn=printed.append, max_update=20, log_frequency=1,
+                                 trainer_kw={"health": health, "valid_loader": _ToyLoader(2)})
+    with pytest.raises(HealthStop, match=r"collapse_perplexity: .*stopped after saving update (\d+)") as stop:
+        trainer.fit()
+    update = int(re.search(r"saving update (\d+)", str(stop.value)).group(1))
+    assert update == (2 if where == "train" else 12)  # the second sighting: per update, or per epoch of 6 updates
+    assert os.path.exists(tmp_path / f"wav2vec2_update{update}.pt")
+    assert not any("Validation failed" in p for p in printed)
 
 
 def test_skipping_gives_up_after_twenty_consecutive_non_finite_updates(tmp_path):

@@ -11,6 +11,7 @@ Layout (what the LibriSpeech filelist tools expect)::
     <out-dir>/LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt       (<utt-id> TEXT)
     <out-dir>/LibriSpeech/<split>/.synthetic_complete.json                                (settings + summary)
     <out-dir>/LibriSpeech/SPEAKERS.TXT                                                    (voice of every speaker)
+    <out-dir>/LibriSpeech/CHAPTERS.TXT                                                    (speaker, minutes of every chapter)
 
 Splits (like LibriSpeech; a "speaker" is an espeak-ng voice + variant + pitch + speed):
 
@@ -323,13 +324,36 @@ def make_split(root: str, split: str, seed: int, minutes: float, jobs: int, bina
 
 
 def write_speakers_file(root: str, summaries: dict) -> None:
-    """``root/SPEAKERS.TXT`` in LibriSpeech style (``ID | SEX | SUBSET | MINUTES | VOICE``)."""
-    lines = ["; Synthetic speakers (espeak-ng). Columns: ID | SEX | SUBSET | MINUTES | VOICE (pitch, speed)"]
+    """``root/SPEAKERS.TXT`` in LibriSpeech's format (its column header ``;ID  |SEX| SUBSET           |MINUTES| NAME``
+    and row layout; NAME holds the espeak-ng voice, pitch and speed)."""
+    lines = ["; Synthetic speakers (espeak-ng); NAME is the voice (pitch, words per minute)",
+             ";ID  |SEX| SUBSET           |MINUTES| NAME"]
     for split in sorted(summaries):
         for spk in summaries[split]["speakers"]:
-            lines.append(f"{spk['id']:<5}| {spk['sex']} | {split:<16}| {spk['seconds'] / 60:6.2f} | {spk['voice']} "
+            lines.append(f"{spk['id']:<5}| {spk['sex']} | {split:<17}| {spk['seconds'] / 60:5.2f} | {spk['voice']} "
                          f"(pitch {spk['pitch']}, {spk['speed']} wpm)")
     atomic_write_text(os.path.join(root, "SPEAKERS.TXT"), "\n".join(lines) + "\n")
+
+
+def write_chapters_file(root: str, summaries: dict) -> None:
+    """``root/CHAPTERS.TXT`` in LibriSpeech's format (``;ID      |READER|MINUTES| SUBSET           | PROJ.|BOOK ID|
+    CH. TITLE | PROJECT TITLE``): one row per chapter directory, its minutes summed from the FLAC headers. There is no
+    LibriVox project or book: PROJ. and BOOK ID are 0."""
+    lines = ["; Synthetic chapters (espeak-ng); READER is the speaker id, PROJ. and BOOK ID are 0",
+             ";ID      |READER|MINUTES| SUBSET           | PROJ.|BOOK ID| CH. TITLE | PROJECT TITLE"]
+    for split in sorted(summaries):
+        split_dir = os.path.join(root, split)
+        for spk in summaries[split]["speakers"]:
+            for chapter in spk["chapters"]:
+                chapter_dir = os.path.join(split_dir, str(spk["id"]), str(chapter))
+                if not os.path.isdir(chapter_dir):
+                    continue
+                frames = sum(sf.info(os.path.join(chapter_dir, f)).frames
+                             for f in sorted(os.listdir(chapter_dir)) if f.endswith(".flac"))
+                minutes = frames / SAMPLE_RATE / 60
+                lines.append(f"{chapter:<9}| {spk['id']:<5}| {minutes:5.2f} | {split:<17}| 0    | 0     | Chapter {chapter} "
+                             f"| Synthetic speech ({spk['voice']})")
+    atomic_write_text(os.path.join(root, "CHAPTERS.TXT"), "\n".join(lines) + "\n")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -370,6 +394,7 @@ def main(argv=None) -> int:
         if m is not None and name not in summaries:
             summaries[name] = m
     write_speakers_file(root, summaries)
+    write_chapters_file(root, summaries)
     total = sum(s["seconds"] for s in summaries.values())
     print(f"synthetic corpus in {root}: " + ", ".join(
         f"{k} {v['utterances']} utts / {v['seconds'] / 60:.1f} min" for k, v in summaries.items())
