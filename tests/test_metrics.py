@@ -94,7 +94,7 @@ def test_wer_stats_hand_computed():
     # a stuck model that emits only word separators outputs no word either (PITFALLS #11)
     st.add_frames([IDX["|"], 0, IDX["|"], IDX["|"]], enc("NO"), SYMBOLS)
     assert st.empty_preds == 2 and st.n_utts == 4
-    assert st.log_dict()["w_len"] == 5
+    assert st.log_dict()["w_len"] == 6
 
 
 def test_word_error_rate_reference_semantics():
