@@ -3,7 +3,7 @@
 Each check takes a metric dict (the un-prefixed keys of a finished scope, e.g. ``loss``, ``accuracy``,
 ``code_perplexity``, ``prob_perplexity``, ``grad_norm``, ``empty_preds``, ``nsentences``) and the update number, and
 returns :class:`HealthIssue` objects carrying a human-readable reason, the update and the configured action
-("stop" | "skip" | "warn"). The trainer acts on them; nothing here raises or prints.
+("stop" | "warn"). The trainer acts on them (``stop``: save, then end the run); nothing here raises or prints.
 
 Collapse signs (pre-training): code (or prob) perplexity near its floor G = ``latent_groups`` (2: one code per
 group used), contrastive accuracy near 1 in the first updates (trivial solution), a vanishing gradient norm.
@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional
 __all__ = ["HealthIssue", "HealthConfig", "check_finite_loss", "check_pretrain_collapse", "check_ctc_blank_only",
            "is_blank_only", "HealthMonitor"]
 
-ACTIONS = ("stop", "skip", "warn")
+ACTIONS = ("stop", "warn")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class HealthConfig:
             blank-only output (default 1.0 = all of them).
         patience: consecutive checks a collapse/blank-only sign must persist before it is reported (default 3);
             non-finite losses are reported at once.
-        on_non_finite / on_collapse / on_blank_only: "stop" | "skip" | "warn".
+        on_non_finite / on_collapse / on_blank_only: "stop" | "warn".
     """
 
     latent_groups: int = 2

@@ -472,7 +472,7 @@ class Trainer:
         if monitor is None:
             return
         for issue in monitor.check(results, self.state.step):
-            self.print(f"HEALTH {issue.kind} at update {issue.update}: {issue.reason} (action: {issue.action})")
+            self.print(f"HEALTH {issue.kind}: {issue.reason} (action: {issue.action})")  # (the reason names the update)
             if issue.action == "stop":
                 # every rank sees the same reduced figures and stops here; the updates so far are kept
                 self.save()
