@@ -241,8 +241,8 @@ _SCOPE_PREFIXES = {"train": "", "train_avg": "avg train ", "val": "  avg val ", 
 
 
 def training_metadata(scopes: Iterable[str] = ("train", "train_avg", "val", "val_ema")) -> Dict[str, Dict[str, str]]:
-    """Metric metadata of the reference (§5.9) for each scope id, plus ``temp``, ``grad_norm``, ``tflop/s``, ``mfu``
-    and ``update`` (the global update number of the record; ours)."""
+    """Metric metadata of the reference (§5.9) for each scope id, plus ``temp``, ``grad_norm``, ``tflop/s``, ``mfu``,
+    ``data_wait`` and ``update`` (the global update number of the record; ours)."""
     table: Dict[str, Dict[str, str]] = {}
     for sid in scopes:
         pre = _SCOPE_PREFIXES.get(sid, f"{sid} ")
@@ -257,6 +257,7 @@ def training_metadata(scopes: Iterable[str] = ("train", "train_avg", "val", "val
             f"{sid}_ntokens/s": {"unit": "tokens/s", "format": ":>8.2f"},
             f"{sid}_tflop/s": {"name": "model", "unit": "TFLOP/s", "format": ":>7.3f"},
             f"{sid}_mfu": {"name": "MFU", "format": ":>5.3f"},
+            f"{sid}_data_wait": {"name": "data wait", "format": ":>5.3f"},
             f"{sid}_uer": {"name": f"{pre} uer", "format": ":>6.2f"},
             f"{sid}_wer": {"name": f"{pre} wer", "format": ":>6.2f"},
             f"{sid}_raw_wer": {"name": f"{pre} raw wer", "format": ":>6.2f"},

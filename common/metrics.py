@@ -280,21 +280,21 @@ class MetricsSpec:
 
     @classmethod
     def pretrain(cls, **kw: Any) -> "MetricsSpec":
-        """Reference ``W2v2Metrics`` plus ``temp`` and ``grad_norm`` in the log (PITFALLS #1), and throughput in model
-        FLOPs (``tflop/s``, ``mfu``)."""
+        """Reference ``W2v2Metrics`` plus ``temp`` and ``grad_norm`` in the log (PITFALLS #1), throughput in model
+        FLOPs (``tflop/s``, ``mfu``) and the fraction of time spent waiting for data (``data_wait``, PITFALLS #3)."""
         red = {"temp": MEAN, "prob_perplexity": MEAN, "code_perplexity": MEAN, "lr": LAST, "loss_scale": LAST,
                "grad_norm": LAST}
         keys = ("loss", "ntokens", "accuracy", "prob_perplexity", "code_perplexity", "temp", "took", "loss_scale",
-                "lr", "grad_norm", "ntokens/s", "tflop/s", "mfu")
+                "lr", "grad_norm", "ntokens/s", "tflop/s", "mfu", "data_wait")
         return cls("pretrain", red, "ntokens", keys, **kw)
 
     @classmethod
     def finetune(cls, **kw: Any) -> "MetricsSpec":
-        """Reference ``W2v2FineTuningMetrics`` (+ ``loss_scale``, ``grad_norm``, ``tflop/s`` and ``mfu``)."""
+        """Reference ``W2v2FineTuningMetrics`` (+ ``loss_scale``, ``grad_norm``, ``tflop/s``, ``mfu``, ``data_wait``)."""
         red = {"temp": MEAN, "prob_perplexity": MEAN, "code_perplexity": MEAN, "lr": LAST, "loss_scale": LAST,
                "grad_norm": LAST}
         keys = ("loss", "ntokens", "accuracy", "lr", "prob_perplexity", "took", "loss_scale", "grad_norm",
-                "ntokens/s", "tflop/s", "mfu", "uer", "wer", "raw_wer")
+                "ntokens/s", "tflop/s", "mfu", "data_wait", "uer", "wer", "raw_wer")
         return cls("finetune", red, "nsentences", keys, **kw)
 
 
@@ -327,7 +327,8 @@ class MetricsAggregator:
     ``accuracy = correct / count`` and adds everything into the active scopes. Finishing a scope divides by the
     counts (per-update averages for ``sum`` keys), ``took`` stays the total, ``ntokens/s`` = total tokens / took,
     ``tflop/s`` = total model FLOPs (the steps' ``flops``, summed over ranks) / took / 1e12, ``mfu`` = that rate over
-    ``peak_flops`` (all ranks' dense matmul rate together; left out when not given), and
+    ``peak_flops`` (all ranks' dense matmul rate together; left out when not given), ``data_wait`` = the updates'
+    ``data_s`` (seconds spent fetching batches) / took, and
     ``uer``/``wer``/``raw_wer`` are 100 x ratios of totals.
 
     Deviations: Q1 (``loss_scale`` is not normalised); Q9 (losses are normalised even when some ranks had an empty
@@ -493,6 +494,8 @@ class MetricsAggregator:
         res["took"] = scope.took
         if "ntokens" in scope.sums and scope.took > 0:
             res["ntokens/s"] = scope.sums["ntokens"] / scope.took
+        if "data_s" in scope.sums and scope.took > 0:
+            res["data_wait"] = scope.sums["data_s"] / scope.took
         if "flops" in scope.sums and scope.took > 0:
             res["tflop/s"] = scope.sums["flops"] / scope.took / 1e12
             if self.peak_flops:

@@ -2,7 +2,7 @@
 
     python -m common.plotting results/pretrain_base/nvlog.json --out results/pretrain_base/plots
 
-One figure per group (loss, accuracy, perplexity, temperature, lr, loss scale, grad norm, WER/UER, ntokens/s, MFU), each
+One figure per group (loss, accuracy, perplexity, temperature, lr, loss scale, grad norm, WER/UER, ntokens/s, MFU, data wait), each
 with the scopes found (train, train_avg, val). The x axis is the global update number: per-interval records
 ``[epoch, iter, steps_per_epoch]`` map to ``(epoch - 1) * steps_per_epoch + iter`` and per-epoch records
 ``[epoch]`` to ``epoch * steps_per_epoch`` (epochs are 1-based as in the reference); without any per-interval record
@@ -33,6 +33,7 @@ GROUPS: Dict[str, Tuple[str, ...]] = {
     "wer": ("wer", "uer", "raw_wer"),
     "throughput": ("ntokens/s",),
     "mfu": ("mfu",),
+    "data_wait": ("data_wait",),
 }
 _SCOPES = ("train_avg", "val_ema", "train", "val")  # longest prefixes first
 

@@ -22,6 +22,7 @@ import copy
 import math
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 
@@ -389,13 +390,16 @@ class Trainer:
         loss_scale = float(getattr(self.scaler, "loss_scale", 1.0))
         sample_size = 0.0
         losses = []  # read once after the last micro-batch: no host synchronisation between micro-batches
+        data_wait = 0.0  # seconds this rank waited for its batches (a loader that cannot keep up shows here)
         for j in range(cfg.update_freq):
+            fetch_start = time.perf_counter()
             try:
                 batch = next(batches)
             except StopIteration:
                 raise
             except Exception as exc:  # an unreadable audio file, a worker that died, ...
                 raise _BatchFetchError() from exc
+            data_wait += time.perf_counter() - fetch_start
             self._seed_micro_batch(j * env.world_size + env.rank)
             with self.precision.autocast():
                 loss, ss, log = self.task.train_step(self.model, self._to_device(batch), self.generator)
@@ -451,6 +455,7 @@ class Trainer:
         self.update_losses.append(norm_loss)
         self.metrics["lr"] = lr
         self.metrics["loss_scale"] = float(getattr(self.scaler, "loss_scale", 1.0))
+        self.metrics["data_s"] = data_wait  # (rank 0's, as logged; the scopes turn it into a fraction of their time)
         if skipped_reason is None:  # a skipped update has no meaningful norm: leave it out of the averages
             self.metrics["grad_norm"] = grad_norm
         self.metrics.accumulate()

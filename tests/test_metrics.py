@@ -205,10 +205,26 @@ def test_model_flops_throughput_and_mfu():
         clock.t = 2.0
         res = agg.finish_scope("train")
         assert res["tflop/s"] == pytest.approx(8.0 / 2.0)  # (3 + 1) x 2 ranks TFLOP in 2 s
+        assert "data_wait" not in res  # (no data_s logged)
         assert ("mfu" in res) is expect_mfu
         if expect_mfu:
             assert res["mfu"] == pytest.approx(4.0 / 4.0)
             assert list(agg.dllogger_data("train", res))[-3:] == ["train_ntokens/s", "train_tflop/s", "train_mfu"]
+
+
+def test_data_wait_fraction():
+    """``data_wait`` = the updates' ``data_s`` (set once per update, rank 0's) summed over the scope / its time."""
+    clock = FakeClock()
+    agg = MetricsAggregator(MetricsSpec.pretrain(), clock=clock)
+    agg.start_scope("train")
+    for wait in (0.5, 1.5):
+        agg.log({"loss": 1.0, "ntokens": 10})
+        agg["data_s"] = wait
+        agg.accumulate()
+    clock.t = 8.0
+    res = agg.finish_scope("train")
+    assert res["data_wait"] == pytest.approx(2.0 / 8.0)
+    assert agg.dllogger_data("train", res)["train_data_wait"] == pytest.approx(0.25)
 
 
 def test_q1_reproducible():

@@ -74,7 +74,7 @@ def _epoch_averages(out_dir: str) -> dict[int, dict[str, float]]:
                 step, data = rec.get("step"), rec.get("data", {})
                 if isinstance(step, list) and len(step) == 1 and "train_avg_loss" in data:
                     avgs[step[0]] = {k: v for k, v in data.items()
-                                     if not k.endswith(("took", "ntokens/s", "tflop/s", "mfu"))}
+                                     if not k.endswith(("took", "ntokens/s", "tflop/s", "mfu", "data_wait"))}
     return avgs
 
 
@@ -440,6 +440,24 @@ def test_nonfinite_loss_policy_with_the_runs_health_monitor(tmp_path, policy):
               if isinstance(step, tuple) and len(step) == 3 and "train_loss" in d]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert all(math.isfinite(float(p.detach().sum())) for p in model.parameters())
+
+
+def test_data_wait_is_the_fraction_of_update_time_spent_fetching_batches(tmp_path):
+    """PITFALLS #3: a loader that cannot keep up shows in every train record as data_wait, the fraction of the
+    scope's time spent waiting for batches (here each batch takes 50 ms to come, the update itself ~1 ms)."""
+    import time
+
+    class _SlowLoader(_ToyLoader):
+        def __iter__(self):
+            for batch in super().__iter__():
+                time.sleep(0.05)
+                yield batch
+
+    trainer, _, logger = _toy_trainer(tmp_path, _ToyTask(), max_update=4, log_frequency=1, no_save=True,
+                                      trainer_kw={"train_loader": _SlowLoader(6)})
+    trainer.fit()
+    waits = [data["train_data_wait"] for _, data in logger.records if "train_data_wait" in data]
+    assert len(waits) == 4 and all(0.5 < w <= 1.0 for w in waits), waits
 
 
 @pytest.mark.parametrize("where", ["train", "val"])
