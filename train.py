@@ -213,10 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)
-    except (DataError, OSError, UnreadableCheckpointsError, FloatingPointError, HealthStop) as exc:
+    except (DataError, OSError, UnreadableCheckpointsError, FloatingPointError) as exc:
         # a file read or written during the run (an audio file, the output directory, every checkpoint unreadable):
-        # one line naming it; the trainer has saved what it could. Also a run stopped for non-finite losses or by
-        # --on_collapse stop
+        # one line naming it; the trainer has saved what it could. Also a run stopped for non-finite losses
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
 
@@ -349,6 +348,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
         try:
             trainer.fit()
+        except HealthStop as stop:  # decided alike on every rank: they meet at the barrier (rank 0 saved first)
+            finished = True
+            if env.is_main:
+                print(f"error: {stop}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:  # a second Ctrl-C: the first one's save was given up
             print("Interrupted: stopped without saving the current update (resume continues from the last "
                   "checkpoint)", file=sys.stderr)

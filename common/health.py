@@ -152,7 +152,8 @@ def check_ctc_blank_only(metrics: Mapping[str, Any], update: Optional[int], cfg:
         return []
     return [HealthIssue(
         "blank_only",
-        f"CTC predictions are blank-only for {100 * frac:.1f}% of the utterances at update {update}: check the "
+        f"CTC predictions hold no word (blanks or word separators only) for {100 * frac:.1f}% of the utterances "
+        f"at update {update}: check the "
         f"dictionary (blank 0, pad 1, eos 2, unk 3), the learning-rate schedule and --freeze_finetune_updates",
         update, cfg.on_blank_only)]
 

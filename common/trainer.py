@@ -472,17 +472,23 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.log_scalars(scope, self.state.step, results)
 
-    def _check_health(self, results: Mapping[str, float], monitor: Optional[HealthMonitor] = None) -> None:
+    def _check_health(self, results: Mapping[str, float], monitor: Optional[HealthMonitor] = None,
+                      save: bool = True) -> None:
+        """Report the monitor's issues; a ``stop`` ends the run with :class:`HealthStop`, after saving this update
+        (``save``; a validation-time stop is saved by the epoch end instead, once the trained weights are back in
+        place of the EMA weights and the epoch is complete). Every rank sees the same reduced figures, so all stop."""
         monitor = monitor or self.health
         if monitor is None:
             return
         for issue in monitor.check(results, self.state.step):
             self.print(f"HEALTH {issue.kind}: {issue.reason} (action: {issue.action})")  # (the reason names the update)
             if issue.action == "stop":
-                # every rank sees the same reduced figures and stops here; the updates so far are kept
-                self.save()
-                raise HealthStop(f"{issue.kind}: {issue.reason}; stopped after saving update {self.state.step} "
-                                 "(--on_collapse stop; --on_collapse warn only reports)")
+                if save:
+                    self.save()
+                flag = "--on_nonfinite_loss stop" if issue.kind == "non_finite_loss" else "--on_collapse stop"
+                kept = ("nothing saved (--no_save)" if self.cfg.no_save else
+                        f"update {self.state.step} saved (--resume continues from it)")
+                raise HealthStop(f"{issue.kind}: {issue.reason}; stopped by {flag}, {kept}")
 
     def _install_signal_handlers(self) -> dict:
         """SIGTERM, SIGUSR1 and a first Ctrl-C (SIGINT) stop the run at the end of the current update, after saving
@@ -573,11 +579,12 @@ class Trainer:
                 res = self.metrics.finish_scope("train_avg", sync=True)
                 self._log("train_avg", (epoch,), res, self.metrics)
             best = False
+            health_stop: Optional[HealthStop] = None
             if cfg.validate and self.valid_loader is not None:
                 try:
                     best = self.validate()
-                except HealthStop:
-                    raise  # (saved already)
+                except HealthStop as stop:  # the epoch is complete and validated: end it as usual, save, then stop
+                    health_stop = stop
                 except Exception:
                     self._say_on_failure("Validation failed: saving the trained epoch first (a resume validates it "
                                          "again)")
@@ -585,8 +592,10 @@ class Trainer:
                     raise
             self.state.epoch += 1
             loader.set_epoch(self.state.epoch)
-            if epoch % cfg.save_frequency == 0 or best or self.state.step >= cfg.max_update:
+            if epoch % cfg.save_frequency == 0 or best or self.state.step >= cfg.max_update or health_stop:
                 self.save(best=best)
+            if health_stop is not None:
+                raise health_stop
             if 0 < cfg.epochs_this_job <= epoch + 1 - start_epoch:
                 self.print(f"Reached {cfg.epochs_this_job} epochs in this run.")
                 break
@@ -658,5 +667,5 @@ class Trainer:
         res = vm.finish_scope("val", sync=True)
         self._log("val", (self.state.epoch,), res, vm)
         self._last_val = vm.dllogger_data("val", res)
-        self._check_health(res, self.val_health)
+        self._check_health(res, self.val_health, save=False)
         return res

@@ -178,3 +178,29 @@ def test_tasks_log_the_flops_of_their_batch():
                                                                          encoder_frozen=frozen).total
     ctc.eval()
     assert task.valid_step(ctc, batch, gen)[2]["flops"] == ctc_flops(ctc_cfg, B, L, 32, training=False).total
+
+
+def test_matmul_peak_is_measured_at_full_size_after_a_slow_first_product(monkeypatch):
+    """The MFU denominator: the first product on a device also pays for library set-up (cuBLAS handles, kernel
+    loading); a size search timed on it stopped at 256 x 256 products, whose rate says little about the device.
+    Each size is warmed up before it is timed."""
+    import common.peak_flops as peak
+
+    sizes, syncs = [], []
+    real_randn = torch.randn
+
+    def recording_randn(*shape, **kw):
+        sizes.append(shape[0])
+        return real_randn(*shape, **kw)
+
+    def slow_first_sync(device):
+        syncs.append(device)
+        if len(syncs) == 1:
+            import time
+            time.sleep(0.05)  # the set-up cost of the very first product
+
+    monkeypatch.setattr(torch, "randn", recording_randn)
+    monkeypatch.setattr(peak, "synchronize", slow_first_sync)
+    rate = peak.matmul_flops(torch.device("cpu"), torch.float32, budget_s=1.0)
+    assert max(sizes) == 1024 and rate > 0  # 256 -> 512 -> 1024 on any CPU that multiplies 256 x 256 in < 16 ms
+    assert peak.matmul_dtype(bf16=True) == torch.bfloat16 and peak.matmul_dtype(fp16=True) == torch.float16

@@ -462,8 +462,10 @@ def test_data_wait_is_the_fraction_of_update_time_spent_fetching_batches(tmp_pat
 
 @pytest.mark.parametrize("where", ["train", "val"])
 def test_on_collapse_stop_saves_the_stopping_update(tmp_path, where):
-    """--on_collapse stop: the update at which the sign persisted is saved, then one HealthStop (train.py prints it
-    as one error line, status 2); a validation-time stop is not reported as a failed validation."""
+    """--on_collapse stop: the update at which the sign persisted is saved with the trained weights (with EMA on,
+    validation runs on the EMA copy: not those), then one HealthStop (train.py prints it as one error line, status
+    2); a validation-time stop completes its epoch first (a resume starts the next one) and is not reported as a
+    failed validation."""
     from common.health import HealthConfig, HealthMonitor
     from common.trainer import HealthStop
 
@@ -478,13 +480,18 @@ def test_on_collapse_stop_saves_the_stopping_update(tmp_path, where):
 
     health = HealthMonitor("pretrain", HealthConfig(patience=2, on_collapse="stop"))
     printed = []
-    trainer, _, _ = _toy_trainer(tmp_path, _Collapsed(), print_fn=printed.append, max_update=20, log_frequency=1,
-                                 trainer_kw={"health": health, "valid_loader": _ToyLoader(2)})
-    with pytest.raises(HealthStop, match=r"collapse_perplexity: .*stopped after saving update (\d+)") as stop:
+    trainer, model, _ = _toy_trainer(tmp_path, _Collapsed(), print_fn=printed.append, max_update=20, log_frequency=1,
+                                     ema=0.5, save_frequency=10,
+                                     trainer_kw={"health": health, "valid_loader": _ToyLoader(2)})
+    with pytest.raises(HealthStop, match=r"collapse_perplexity: .*stopped by --on_collapse stop, update (\d+) saved"
+                       ) as stop:
         trainer.fit()
-    update = int(re.search(r"saving update (\d+)", str(stop.value)).group(1))
+    update = int(re.search(r"update (\d+) saved", str(stop.value)).group(1))
     assert update == (2 if where == "train" else 12)  # the second sighting: per update, or per epoch of 6 updates
-    assert os.path.exists(tmp_path / f"wav2vec2_update{update}.pt")
+    saved = torch.load(tmp_path / f"wav2vec2_update{update}.pt", weights_only=False)
+    for name, value in model.state_dict().items():
+        assert torch.equal(saved["model"][name], value), name  # the trained weights, not the EMA's
+    assert saved["train_state"]["epoch"] == (1 if where == "train" else 3)  # a validated epoch is complete
     assert not any("Validation failed" in p for p in printed)
 
 
