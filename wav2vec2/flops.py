@@ -26,7 +26,7 @@ __all__ = ["StepFlops", "pretraining_flops", "ctc_flops", "extractor_frames"]
 
 @dataclass
 class StepFlops:
-    """Forward and backward FLOPs of one batch, by part of the model."""
+    """Forward and backward FLOPs of one batch (or of a part of the model, while the parts are added up)."""
 
     forward: float = 0.0
     backward: float = 0.0
