@@ -43,7 +43,8 @@ __all__ = ["TrainerConfig", "TrainingTask", "Trainer", "ExponentialMovingAverage
 
 
 class HealthStop(RuntimeError):
-    """``--on_collapse stop``: a collapse or blank-only sign persisted; the run was saved at that update first."""
+    """``--on_collapse stop`` (or ``--on_nonfinite_loss stop`` in validation): the sign persisted; the run was saved
+    first (unless ``--no_save``)."""
 
 
 class TrainingTask(Protocol):
