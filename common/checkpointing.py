@@ -133,6 +133,24 @@ class Checkpointer:
         self.tracked = survivors
         return path
 
+    def _remove_stale_temporaries(self) -> None:
+        """A save killed mid-write (SIGKILL, a node lost) leaves its ``<checkpoint>.tmp<pid>`` behind, as large as a
+        checkpoint: removed at the next resume when the process that wrote it is gone."""
+        try:
+            names = os.listdir(self.output_dir)
+        except OSError:
+            return
+        for name in names:
+            m = re.fullmatch(rf"{re.escape(self.name)}_(?:update\d+|best)\.pt\.tmp(\d+)", name)
+            if m is None or _process_alive(int(m.group(1))):
+                continue
+            path = os.path.join(self.output_dir, name)
+            try:
+                os.remove(path)
+                self.log(f"Removed {path}: the unfinished write of a killed process")
+            except OSError:
+                pass
+
     def load_latest(self, reader: Callable[[str], dict]) -> Optional[tuple[str, dict]]:
         """The newest tracked checkpoint that loads; unreadable ones are reported and skipped. None when there is
         no checkpoint at all.
@@ -143,6 +161,7 @@ class Checkpointer:
         """
         found = self._scan()
         self._note_nested()
+        self._remove_stale_temporaries()
         for step, path in reversed(found):
             try:
                 return path, reader(path)
@@ -155,6 +174,16 @@ class Checkpointer:
                 f"--resume: none of the {len(found)} checkpoints in {self.output_dir} can be read "
                 f"({', '.join(os.path.basename(p) for _, p in found)}){best}; move them away to start afresh")
         return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (no permission: it exists)
+        return True
+    return True
 
 
 class UnreadableCheckpointsError(RuntimeError):

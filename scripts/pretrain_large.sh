@@ -87,6 +87,7 @@ if [ -n "$PRESET" ]; then require_choice PRESET base large tiny; fi
 for var in NORMALIZE LAYER_NORM_FIRST CONV_BIAS; do
     [ -z "${!var:-}" ] || require_bool "$var"
 done
+warn_preset_switches NORMALIZE LAYER_NORM_FIRST CONV_BIAS
 for var in MASK_PROB ENCODER_LAYERDROP DROPOUT_INPUT DROPOUT_FEATURES DROPOUT ATTENTION_DROPOUT; do
     [ -z "${!var:-}" ] || require_prob "$var"
 done

@@ -449,3 +449,22 @@ def test_hf_vocabularies_with_another_blank_are_refused(tmp_path):
         json.dump(dict(cfg, model_type="hubert"), f)
     with pytest.raises(CheckpointError, match="'hubert' model"):
         load_checkpoint(str(tmp_path / "tut"))
+
+
+@pytest.mark.parametrize("preprocessor,feat_extract_norm,expected", [
+    (True, "group", True), (False, "layer", False), (None, "layer", True), (None, "group", False)])
+def test_hf_waveform_normalisation_is_read_from_the_preprocessor_config(tmp_path, preprocessor, feat_extract_norm,
+                                                                         expected):
+    """transformers' save_pretrained writes no do_normalize into config.json: it lives in the feature extractor's
+    preprocessor_config.json. Without either, HF's converter's rule: the layer-norm (Large) models are normalised.
+    A Large model loaded with normalize False gives different outputs, silently."""
+    kw = dict(pad_token_id=0, feat_extract_norm=feat_extract_norm, do_stable_layer_norm=feat_extract_norm == "layer",
+              conv_bias=feat_extract_norm == "layer")
+    path = tmp_path / "m"
+    _hf_native(str(path), **kw)
+    config = json.loads((path / "config.json").read_text())
+    assert "do_normalize" not in config
+    if preprocessor is not None:
+        (path / "preprocessor_config.json").write_text(json.dumps({"do_normalize": preprocessor,
+                                                                   "sampling_rate": 16000}))
+    assert load_checkpoint(str(path)).config.normalize is expected

@@ -158,3 +158,25 @@ def test_a_save_failing_for_another_reason_keeps_its_own_error(tmp_path):
     with pytest.raises(RuntimeError, match="cannot pickle this object"):
         checkpointing.atomic_torch_save({"model": {}, "x": Unsaveable()}, str(tmp_path / "c.pt"))
     assert os.listdir(tmp_path) == []
+
+
+def test_resume_removes_the_temporary_file_of_a_killed_save(tmp_path):
+    """A save killed mid-write (SIGKILL) leaves <checkpoint>.tmp<pid>, as large as a checkpoint: the next resume
+    removes it when that process is gone, and leaves a live process's alone."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    logs = []
+    ck = Checkpointer(str(tmp_path), log=logs.append)
+    ck.save({"step": 3}, 3)
+    stale = tmp_path / f"wav2vec2_update6.pt.tmp{dead_pid}"
+    live = tmp_path / f"wav2vec2_update9.pt.tmp{os.getpid()}"
+    other = tmp_path / f"notes.pt.tmp{dead_pid}"
+    for f in (stale, live, other):
+        f.write_bytes(b"half a checkpoint")
+    path, _ = ck.load_latest(read_checkpoint)
+    assert path.endswith("wav2vec2_update3.pt")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert any(str(stale) in m for m in logs)

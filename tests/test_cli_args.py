@@ -271,3 +271,14 @@ def test_exp_schedule_without_a_final_scale_is_refused_at_parse_time(capsys):
     assert "--final_lr_scale" in capsys.readouterr().err
     assert train.parse_args(["pretrain", "--output_dir", "out", "--lr_policy", "exp", "--final_lr_scale", "0.05"])
     assert train.parse_args(["pretrain", "--output_dir", "out", "--lr_policy", "exp", "--lr_exp_decay", "0.999"])
+
+
+def test_preset_large_takes_the_large_recipes_loss_weights():
+    """pretrain_large.sh trains with --loss_weights 0.1 0.0 (no feature penalty; the extractor gets its full
+    gradient): --preset large gives that too; the others keep the reference's 0.1 10.0; the flag still wins."""
+    import train
+
+    base = ["pretrain", "--data", "d", "--output_dir", "o"]
+    assert train.parse_args([*base, "--preset", "large"]).loss_weights == [0.1, 0.0]
+    assert train.parse_args([*base, "--preset", "base"]).loss_weights == [0.1, 10.0]
+    assert train.parse_args([*base, "--preset", "large", "--loss_weights", "0.2", "5"]).loss_weights == [0.2, 5.0]

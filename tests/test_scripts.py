@@ -841,3 +841,14 @@ def test_gpu_suite_runs_every_step_on_cpu(tmp_path):
     rows = json.loads((out / "infer.json").read_text())
     assert rows[0]["preset"] == "tiny" and rows[0]["ours_median_ms"] > 0 and "ours_bf16_over_hf" in rows[0]
     assert "torch" in (out / "env.txt").read_text()
+
+
+def test_preset_switches_cannot_be_turned_off_and_say_so():
+    """With PRESET=large, NORMALIZE=false cannot remove what the preset switches on (--normalize is a switch): the
+    script says so instead of ignoring the variable; without PRESET the variable decides."""
+    res = run("pretrain_large.sh", PRESET="large", NORMALIZE="false", CONV_BIAS="false")
+    assert res.returncode == 0
+    assert "NORMALIZE=false has no effect with PRESET=large" in res.stderr
+    assert "CONV_BIAS=false has no effect" in res.stderr and "LAYER_NORM_FIRST" not in res.stderr
+    res = run("pretrain_large.sh", NORMALIZE="false")
+    assert "has no effect" not in res.stderr and "--normalize" not in flags(command_lines(res)[-1])

@@ -141,11 +141,17 @@ def add_pretraining_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--log_keys", nargs="*", default=["prob_perplexity", "code_perplexity", "temp"])
 
 
+#: recipe values of a preset that are not model fields (the criterion's): pretrain_large.sh's --loss_weights 0.1 0.0
+PRESET_TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {"large": {"loss_weights": [0.1, 0.0]}}
+
+
 def preset_defaults(name: str) -> dict[str, Any]:
-    """Parser defaults that make ``--preset NAME`` select that preset's architecture (and dropout/mask) values."""
+    """Parser defaults that make ``--preset NAME`` select that preset's architecture (and dropout/mask) values, and
+    its recipe's criterion weights."""
     cfg = PRESETS[name]()
     d = cfg.to_dict()
     d["latent_temp"] = list(cfg.latent_temp)
+    d.update(PRESET_TRAINING_DEFAULTS.get(name, {}))
     return d
 
 

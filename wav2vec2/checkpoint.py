@@ -761,6 +761,17 @@ def _load_hf_dir(path: str) -> LoadedCheckpoint:
         hf_sd = read_checkpoint(bin_path)
     else:
         raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
+    if "do_normalize" not in hf_cfg and "wav2vec2_trainer_config" not in hf_cfg:
+        # transformers keeps the waveform normalisation in the feature extractor's preprocessor_config.json, not in
+        # config.json (our exports write both); without either, HF's own converter's rule: the layer-norm (Large)
+        # models are the normalised ones
+        pre = os.path.join(path, "preprocessor_config.json")
+        if os.path.exists(pre):
+            with open(pre) as f:
+                normalize = bool(json.load(f).get("do_normalize", False))
+        else:
+            normalize = hf_cfg.get("feat_extract_norm", "group") == "layer"
+        hf_cfg = dict(hf_cfg, do_normalize=normalize)
     cfg = config_from_hf(hf_cfg)
     sd = from_hf_state_dict(hf_sd, cfg.extractor_mode)
     kind = _kind_from_state(sd)

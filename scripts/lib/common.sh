@@ -104,6 +104,19 @@ require_bool() {
     esac
 }
 
+# warn_preset_switches VAR...: with PRESET set, VAR=false cannot switch off a switch flag (--normalize, ...) that the
+# preset turns on (the preset's value stays); say so instead of ignoring the variable silently
+warn_preset_switches() {
+    local var
+    [ -n "${PRESET:-}" ] || return 0
+    for var in "$@"; do
+        if [ "$(_w2v_value "$var")" = false ]; then
+            echo "WARNING: $var=false has no effect with PRESET=$PRESET: the preset's value applies (leave PRESET" \
+                "unset to use the script's own values)" >&2
+        fi
+    done
+}
+
 # require_bool_or_empty VAR
 require_bool_or_empty() {
     [ -z "$(_w2v_value "$1")" ] || require_bool "$1"
