@@ -569,8 +569,9 @@ class Trainer:
                 if (cfg.save_interval_updates and self.state.step % cfg.save_interval_updates == 0
                         and self.state.step < cfg.max_update):  # (the last update is saved after its validation)
                     self.save()
-                if cfg.updates_this_job and self.state.step - start_step >= cfg.updates_this_job:
-                    self._stop = True
+                if (cfg.updates_this_job and self.state.step - start_step >= cfg.updates_this_job
+                        and self.state.step < cfg.max_update):  # (at max_update the run ends as usual: epoch
+                    self._stop = True                          # average, validation, save, summary)
                 if self._stop:
                     self.save()
                     self.print(f"Stopped at update {self.state.step}; resume with --resume")

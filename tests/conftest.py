@@ -83,3 +83,15 @@ class RecordingLogger:
 
     def flush(self):
         pass
+
+
+def exit_gloo_worker() -> None:
+    """End a gloo test worker that has written its results and destroyed its process group, without interpreter
+    finalisation: gloo's threads sometimes abort a process at exit ("terminate called without an active exception",
+    SIGABRT) after all its work is done (3 times in about 10 suite runs of the eighth session, on a loaded and on a
+    quiet machine), which fails the spawning test though its results are complete."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import exit_gloo_worker
 
 
 def _free_port() -> int:
@@ -35,6 +36,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.barrier()  # no rank tears the group down while the other still uses it (common.distributed.shutdown)
     finally:
         dist.destroy_process_group()
+    exit_gloo_worker()  # (reached only when the worker succeeded)
 
 
 def test_all_reduce_sums_and_keeps_globally_unused_gradients_none(tmp_path):
@@ -97,6 +99,7 @@ def _stop_worker(rank: int, port: int, out_dir: str) -> None:
         dist.barrier()  # no rank tears the group down while the other still uses it (common.distributed.shutdown)
     finally:
         dist.destroy_process_group()
+    exit_gloo_worker()  # (reached only when the worker succeeded)
 
 
 def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_update(tmp_path):
@@ -159,6 +162,7 @@ def _validation_worker(rank: int, port: int, out_dir: str) -> None:
         dist.barrier()  # no rank tears the group down while the other still uses it (common.distributed.shutdown)
     finally:
         dist.destroy_process_group()
+    exit_gloo_worker()  # (reached only when the worker succeeded)
 
 
 def test_validation_with_an_empty_first_batch_on_one_rank(tmp_path):

@@ -356,6 +356,9 @@ def _rank_worker(rank: int, port: int, out_dir: str) -> None:
         _layerdrop_run(rank, 2, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    from conftest import exit_gloo_worker
+
+    exit_gloo_worker()  # (reached only when the worker succeeded)
 
 
 def test_layerdrop_with_two_processes_drops_the_same_layers_everywhere(tmp_path):

@@ -1085,3 +1085,17 @@ def test_trainer_runs_and_resumes_with_an_apex_like_fused_adam(tmp_path):
     assert any("converted to torch AdamW's layout" in s for s in said)
     assert {float(st["step"]) for st in again.optimizer.state.values()} == {3.0}
     again.fit()
+
+
+def test_a_job_limit_that_lands_on_max_update_ends_the_run_as_usual(tmp_path):
+    """--updates_this_job reaching --max_update mid-epoch: the run finishes as an uninterrupted one does (epoch
+    average, validation, the final save), instead of stopping 'to be resumed' with nothing left for the resume."""
+    printed = []
+    trainer, _, logger = _toy_trainer(tmp_path, _ToyTask(), print_fn=printed.append, max_update=4, log_frequency=1,
+                                      updates_this_job=4, trainer_kw={"valid_loader": _ToyLoader(2)})
+    state = trainer.fit()
+    assert state.step == 4
+    assert any("val_loss" in data for _, data in logger.records)
+    assert any("train_avg_loss" in data for _, data in logger.records)
+    assert not any("Stopped at update" in p for p in printed) and any("Reached 4 total updates" in p for p in printed)
+    assert os.path.exists(tmp_path / "wav2vec2_update4.pt")
