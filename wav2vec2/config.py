@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -56,6 +57,10 @@ def _literal(node: ast.AST, text: str) -> Any:
     raise ValueError(f"unsupported expression {ast.dump(node)!s:.60} in spec {text!r}")
 
 
+# cached: the config's derived properties (conv_layers, hourglass, embed_dim, ...) parse their strings on every access,
+# which the trainer's per-micro-batch FLOP count makes a hot path; the callers build new objects from the value and
+# never mutate it
+@functools.lru_cache(maxsize=64)
 def _parse_spec(text: str) -> Any:
     try:
         tree = ast.parse(text.strip(), mode="eval")
