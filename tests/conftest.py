@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -85,13 +86,27 @@ class RecordingLogger:
         pass
 
 
-def exit_gloo_worker() -> None:
-    """End a gloo test worker that has written its results and destroyed its process group, without interpreter
-    finalisation: gloo's threads sometimes abort a process at exit ("terminate called without an active exception",
-    SIGABRT) after all its work is done (3 times in about 10 suite runs of the eighth session, on a loaded and on a
-    quiet machine), which fails the spawning test though its results are complete."""
+
+@contextlib.contextmanager
+def gloo_worker(rank: int, port: int, world_size: int = 2):
+    """One rank of a gloo test group, one thread. The body runs in the group; when it succeeds the ranks meet at a
+    barrier (none tears the group down while another still uses it, as common.distributed.shutdown does), the group
+    is destroyed and the process ends at once, without interpreter finalisation: gloo's threads sometimes abort a
+    process at exit ("terminate called without an active exception", SIGABRT) after all its work is done (3 times in
+    about 10 suite runs of the eighth session, on a loaded and on a quiet machine), which failed the spawning test
+    though its results were complete. When the body fails, the group is destroyed and the error propagates."""
     import sys
 
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

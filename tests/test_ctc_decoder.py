@@ -333,23 +333,30 @@ NO_DROP = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encod
                dropout_input=0.0, dropout_features=0.0, final_dropout=0.0)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("beam")
-    data = make_corpus(str(tmp / "corpus"), n_train=12, n_valid=6, seed=5, max_s=1.2)
+def tiny_ctc_with_lm(tmp, *, n_train: int, n_valid: int, seed: int, max_s: float, order: int,
+                     blank_bias: float = 0.0) -> dict:
+    """A synthetic corpus in ``tmp``, an untrained tiny CTC checkpoint on it (its blank logit raised by
+    ``blank_bias``), and a lexicon + n-gram LM of the given ``order`` built from its word transcripts."""
+    data = make_corpus(str(tmp / "corpus"), n_train=n_train, n_valid=n_valid, seed=seed, max_s=max_s)
     dictionary = Dictionary.load(os.path.join(data, "dict.ltr.txt"))
     torch.manual_seed(0)
     model = Wav2Vec2ForCTC(preset("tiny", **NO_DROP), len(dictionary))
     with torch.no_grad():
-        model.w2v_encoder.proj.bias[0] += 0.5
+        model.w2v_encoder.proj.bias[0] += blank_bias
     ckpt = str(tmp / "ctc.pt")
     torch.save(model_checkpoint(model, labels=dictionary.to_text()), ckpt)
     lm_dir = str(tmp / "lm")
     wrds = [os.path.join(data, f"{s}.wrd") for s in ("train", "valid")]
     assert build_lm(["--text", *wrds, "--dict", os.path.join(data, "dict.ltr.txt"), "--out_dir", lm_dir,
-                     "--order", "3"]) == 0
+                     "--order", str(order)]) == 0
     return {"tmp": tmp, "data": data, "ckpt": ckpt, "lexicon": os.path.join(lm_dir, "lexicon.txt"),
             "lm": os.path.join(lm_dir, "lm.arpa")}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return tiny_ctc_with_lm(tmp_path_factory.mktemp("beam"), n_train=12, n_valid=6, seed=5, max_s=1.2, order=3,
+                            blank_bias=0.5)
 
 
 def _run(setup, name, *extra):

@@ -7,9 +7,8 @@ import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import exit_gloo_worker
+from conftest import gloo_worker
 
 
 def _free_port() -> int:
@@ -19,10 +18,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
+    with gloo_worker(rank, port):
         from common.distributed import all_reduce_gradients
 
         # a: used on both ranks; b: only on rank 1 (LayerDrop kept it there); c: on no rank; d: frozen
@@ -33,10 +29,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             b.grad = torch.tensor([1.0, 2.0, 3.0])
         all_reduce_gradients([a, b, c, d], world_size=2, bucket_mb=1e-6)  # tiny buckets: one flush per tensor
         torch.save({"a": a.grad, "b": b.grad, "c": c.grad, "d": d.grad}, os.path.join(out_dir, f"{rank}.pt"))
-        dist.barrier()  # no rank tears the group down while the other still uses it (common.distributed.shutdown)
-    finally:
-        dist.destroy_process_group()
-    exit_gloo_worker()  # (reached only when the worker succeeded)
 
 
 def test_all_reduce_sums_and_keeps_globally_unused_gradients_none(tmp_path):
@@ -78,10 +70,7 @@ def _stop_worker(rank: int, port: int, out_dir: str) -> None:
     """Two ranks of the toy trainer; only rank 1 receives SIGTERM, during its third update."""
     import signal
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
+    with gloo_worker(rank, port):
         from test_trainer import _ToyLoader, _ToyTask
 
         class _Signalled(_ToyTask):
@@ -96,10 +85,6 @@ def _stop_worker(rank: int, port: int, out_dir: str) -> None:
         trainer = _two_rank_toy_trainer(rank, out_dir, _Signalled(), _ToyLoader(6), max_update=8, validate=False)
         state = trainer.fit()
         torch.save({"step": state.step}, os.path.join(out_dir, f"stopped{rank}.pt"))
-        dist.barrier()  # no rank tears the group down while the other still uses it (common.distributed.shutdown)
-    finally:
-        dist.destroy_process_group()
-    exit_gloo_worker()  # (reached only when the worker succeeded)
 
 
 def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_update(tmp_path):
@@ -144,10 +129,7 @@ def test_device_selection_gives_each_rank_its_own_gpu(monkeypatch):
 
 def _validation_worker(rank: int, port: int, out_dir: str) -> None:
     """Two ranks validate; rank 1's only batch is empty (fewer validation utterances than ranks)."""
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
+    with gloo_worker(rank, port):
         from test_trainer import _ToyLoader, _ToyTask
 
         class _ValidLoader(_ToyLoader):
@@ -159,10 +141,6 @@ def _validation_worker(rank: int, port: int, out_dir: str) -> None:
                                         validate=True)
         res = trainer._validation_pass(trainer.model)
         torch.save({"loss": res["loss"], "ntokens": res["ntokens"]}, os.path.join(out_dir, f"val{rank}.pt"))
-        dist.barrier()  # no rank tears the group down while the other still uses it (common.distributed.shutdown)
-    finally:
-        dist.destroy_process_group()
-    exit_gloo_worker()  # (reached only when the worker succeeded)
 
 
 def test_validation_with_an_empty_first_batch_on_one_rank(tmp_path):

@@ -24,34 +24,12 @@ from common.ctc_decoder import BeamSearchConfig, CTCBeamSearchDecoder, Lexicon, 
 from common.evaluation import EvalSettings, run_ctc_evaluation
 from common.logging import read_dllogger_log
 from common.ngram_lm import LN10, NGramLM
-from common.ngram_lm import main as build_lm
-from conftest import make_corpus
+from test_ctc_decoder import tiny_ctc_with_lm
+from test_ngram_lm import ARPA
 
 # ----------------------------------------------------------------------------------------------- ARPA without <unk>
 
-ARPA = """
-\\data\\
-ngram 1=5
-ngram 2=3
-ngram 3=1
-
-\\1-grams:
--1.0\t<unk>
--99\t<s>\t-0.5
--0.7\t</s>
--0.6\ta\t-0.2
--0.8\tb\t-0.3
-
-\\2-grams:
--0.4\t<s> a\t-0.1
--0.3\ta b\t-0.25
--0.2\tb </s>
-
-\\3-grams:
--0.05\t<s> a b
-
-\\end\\
-"""
+# ARPA: test_ngram_lm's hand-written trigram model, which has <unk> (removed below)
 
 # log10 P(sentence </s> | <s>) by the backoff recursion, by hand:
 HAND = {
@@ -221,24 +199,7 @@ def test_nan_log_probs_are_counted_and_do_not_stop_the_beam_search():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from common.data import Dictionary
-    from wav2vec2 import Wav2Vec2ForCTC, preset
-    from wav2vec2.checkpoint import model_checkpoint
-
-    tmp = tmp_path_factory.mktemp("audit")
-    data = make_corpus(str(tmp / "corpus"), n_train=6, n_valid=5, seed=7, max_s=1.0)
-    dictionary = Dictionary.load(os.path.join(data, "dict.ltr.txt"))
-    torch.manual_seed(0)
-    model = Wav2Vec2ForCTC(preset("tiny", dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                                  encoder_layerdrop=0.0, dropout_input=0.0, dropout_features=0.0, final_dropout=0.0),
-                           len(dictionary))
-    ckpt = str(tmp / "ctc.pt")
-    torch.save(model_checkpoint(model, labels=dictionary.to_text()), ckpt)
-    lm_dir = str(tmp / "lm")
-    assert build_lm(["--text", os.path.join(data, "train.wrd"), os.path.join(data, "valid.wrd"), "--dict",
-                     os.path.join(data, "dict.ltr.txt"), "--out_dir", lm_dir, "--order", "2"]) == 0
-    return {"tmp": tmp, "data": data, "ckpt": ckpt, "lexicon": os.path.join(lm_dir, "lexicon.txt"),
-            "lm": os.path.join(lm_dir, "lm.arpa")}
+    return tiny_ctc_with_lm(tmp_path_factory.mktemp("audit"), n_train=6, n_valid=5, seed=7, max_s=1.0, order=2)
 
 
 def test_inference_warns_about_nan_log_probs_naming_the_files(corpus, capsys, monkeypatch):

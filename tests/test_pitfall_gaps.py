@@ -347,18 +347,10 @@ def _layerdrop_run(rank: int, world_size: int, out_path: str) -> None:
 
 
 def _rank_worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
+    from conftest import gloo_worker
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
+    with gloo_worker(rank, port):
         _layerdrop_run(rank, 2, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-    from conftest import exit_gloo_worker
-
-    exit_gloo_worker()  # (reached only when the worker succeeded)
 
 
 def test_layerdrop_with_two_processes_drops_the_same_layers_everywhere(tmp_path):

@@ -254,15 +254,9 @@ def test_cuda_probe_runs_python_once_when_not_told(tmp_path):
 def test_an_interpreter_without_torch_is_a_one_line_error(tmp_path):
     """PYTHON (or python3 without .venv) that cannot import torch: stopped before the launch with one line naming
     the interpreter and the remedy, not a Python traceback after the command was printed; DRY_RUN only warns."""
-    marker = tmp_path / "launched"
-    fake = tmp_path / "fakepython"
-    fake.write_text(f'#!/bin/sh\ncase "$*" in *"import torch"*) exit 1 ;; esac\ntouch {marker}\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train", "valid"):
-        (data / f"{name}.tsv").write_text("/x\n")
-    env = _env(DRY_RUN="0", PYTHON=str(fake), DATASET_DIR=str(data), TRAIN_SUBSET="train", VALID_SUBSET="valid",
+    fake, marker = _fake_python(tmp_path, prelude='case "$*" in *"import torch"*) exit 1 ;; esac\n')
+    data = _placeholder_subsets(tmp_path)
+    env = _env(DRY_RUN="0", PYTHON=fake, DATASET_DIR=str(data), TRAIN_SUBSET="train", VALID_SUBSET="valid",
                OUTPUT_DIR=str(tmp_path / "o"))
     del env["CUDA_AVAILABLE"]
     for script in ("pretrain_base.sh", "inference.sh"):
@@ -359,13 +353,22 @@ def test_bad_values_are_refused_before_launching(tmp_path, script, env, name):
         assert res.returncode != 0 and name in res.stderr, res.stderr
 
 
-def _fake_python(tmp_path):
-    """An interpreter that only records that it was started."""
+def _fake_python(tmp_path, prelude: str = ""):
+    """An interpreter that runs the shell lines ``prelude`` and records that it was started."""
     marker = tmp_path / "launched"
     fake = tmp_path / "fakepython"
-    fake.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    fake.write_text(f"#!/bin/sh\n{prelude}touch {marker}\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     return str(fake), marker
+
+
+def _placeholder_subsets(tmp_path):
+    """A dataset directory with train/valid filelists that only exist (for scripts that check the files)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "valid"):
+        (data / f"{name}.tsv").write_text("/x\n")
+    return data
 
 
 @pytest.mark.parametrize("script,var", [("pretrain_base.sh", "DATASET_DIR"), ("finetune_base_10h.sh", "DATASET_DIR"),
@@ -400,10 +403,7 @@ def test_missing_subset_and_checkpoint_are_errors(tmp_path):
 
 def test_valid_run_launches_and_creates_output_dir(tmp_path):
     fake, marker = _fake_python(tmp_path)
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train", "valid"):
-        (data / f"{name}.tsv").write_text("/x\n")
+    data = _placeholder_subsets(tmp_path)
     out = tmp_path / "out"
     res = run("pretrain_base.sh", DRY_RUN="0", PYTHON=fake, DATASET_DIR=str(data), TRAIN_SUBSET="train",
               VALID_SUBSET="valid", OUTPUT_DIR=str(out), NUM_GPUS="1")
@@ -415,14 +415,10 @@ def test_valid_run_launches_and_creates_output_dir(tmp_path):
 def test_environment_of_the_training_run(tmp_path):
     """OMP_NUM_THREADS=1 and the cuDNN v8 switches are exported (GPU runs); a CPU run keeps its threads."""
     dump = tmp_path / "env.txt"
-    fake = tmp_path / "fakepython"
-    fake.write_text(f'#!/bin/sh\necho "omp=${{OMP_NUM_THREADS:-unset}} cudnn=$CUDNN_V8_API_ENABLED" > {dump}\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train", "valid"):
-        (data / f"{name}.tsv").write_text("/x\n")
-    common = dict(DRY_RUN="0", PYTHON=str(fake), DATASET_DIR=str(data), TRAIN_SUBSET="train", VALID_SUBSET="valid",
+    fake, _ = _fake_python(tmp_path,
+                           prelude=f'echo "omp=${{OMP_NUM_THREADS:-unset}} cudnn=$CUDNN_V8_API_ENABLED" > {dump}\n')
+    data = _placeholder_subsets(tmp_path)
+    common = dict(DRY_RUN="0", PYTHON=fake, DATASET_DIR=str(data), TRAIN_SUBSET="train", VALID_SUBSET="valid",
                   OUTPUT_DIR=str(tmp_path / "o"), NUM_GPUS="1")
     assert run("pretrain_base.sh", **common).returncode == 0
     assert dump.read_text().split() == ["omp=1", "cudnn=1"]
