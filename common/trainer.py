@@ -536,9 +536,14 @@ class Trainer:
                 f"the training set yields {len(loader)} batches per rank, fewer than update_freq={cfg.update_freq}"
             )
         ran_updates = False
+        # a stop saved at the update that reached max_update part-way through an epoch left that epoch's end
+        # (average, validation, save) to this job
+        loader.set_epoch(self.state.epoch)
+        epoch_end_left = self.state.step >= cfg.max_update and loader.batch_in_epoch > 0
         progress = (Progress(total=cfg.max_update - self.state.step, desc="train", unit="updates")
-                    if self.env.is_main else None)
-        while self.state.step < cfg.max_update:
+                    if self.env.is_main and not epoch_end_left else None)
+        while self.state.step < cfg.max_update or epoch_end_left:
+            epoch_end_left = False
             epoch = self.state.epoch
             loader.set_epoch(epoch)
             done_in_epoch = loader.batch_in_epoch // cfg.update_freq

@@ -1099,3 +1099,29 @@ def test_a_job_limit_that_lands_on_max_update_ends_the_run_as_usual(tmp_path):
     assert any("train_avg_loss" in data for _, data in logger.records)
     assert not any("Stopped at update" in p for p in printed) and any("Reached 4 total updates" in p for p in printed)
     assert os.path.exists(tmp_path / "wav2vec2_update4.pt")
+
+
+def test_a_stop_signal_at_max_update_leaves_the_epoch_end_to_the_resume(tmp_path):
+    """A stop signal during the update that reaches --max_update mid-epoch saves that update and stops (a grace
+    period may be too short for the validation); the resume then has no update left to run, and does the epoch
+    end the stop left out (epoch average, validation, the final save) instead of finishing with nothing done."""
+    trainer, _, _ = _toy_trainer(tmp_path, _CtrlCTask(at={4}), max_update=4, log_frequency=1,
+                                 trainer_kw={"valid_loader": _ToyLoader(2)})
+    assert trainer.fit().step == 4
+    assert sorted(os.listdir(tmp_path)) == ["wav2vec2_update4.pt"]
+    printed = []
+    again, _, logger = _toy_trainer(tmp_path, _ToyTask(), print_fn=printed.append, max_update=4, log_frequency=1,
+                                    trainer_kw={"valid_loader": _ToyLoader(2)})
+    again.load_state_dict(torch.load(tmp_path / "wav2vec2_update4.pt", weights_only=False))
+    state = again.fit()
+    assert state.step == 4 and state.epoch == 2
+    assert any("val_loss" in data for _, data in logger.records)
+    assert any("train_avg_loss" in data for _, data in logger.records)
+    assert any("Reached 4 total updates" in p for p in printed)
+    saved = torch.load(tmp_path / "wav2vec2_update4.pt", weights_only=False)
+    assert saved["train_state"]["epoch"] == 2
+    # a run that ended at max_update at an epoch end has nothing left: a further resume validates nothing again
+    third, _, logger3 = _toy_trainer(tmp_path, _ToyTask(), max_update=4, trainer_kw={"valid_loader": _ToyLoader(2)})
+    third.load_state_dict(saved)
+    assert third.fit().step == 4
+    assert not any("val_loss" in data for _, data in logger3.records)
