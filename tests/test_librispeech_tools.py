@@ -688,7 +688,7 @@ def test_text_tools_do_not_import_torch(tmp_path):
     2 s per call on a cold start)."""
     (tmp_path / "a.ltr").write_text("A B | C |\n")
     code = ("import sys; import utils.libri_labels, utils.combine_filelists, utils.select_subset, "
-            "utils.generate_1h_10h_datasets; from utils.generate_dictionary import main; "
+            "utils.generate_1h_10h_datasets, utils.text_labels; from utils.generate_dictionary import main; "
             f"main([{str(tmp_path / 'a.ltr')!r}, {str(tmp_path / 'dict.txt')!r}]); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -22,14 +22,16 @@ def run_main(main, argv=None) -> int:
 
 
 def read_text(path: str) -> str:
-    """The content of a UTF-8 text file (universal newlines). A file that is not UTF-8 is a :class:`DataToolError`
-    naming the file, the line and column and the offending byte (``common.data``'s reader and message)."""
+    """The content of a UTF-8 text file (universal newlines), without a leading byte-order mark. A file that is not
+    UTF-8 is a :class:`DataToolError` naming the file, the line and column and the offending byte (``common.data``'s
+    reader and message)."""
     from common.data.errors import DataError, read_text as read_utf8_text
 
     try:
-        return read_utf8_text(path)
+        text = read_utf8_text(path)
     except DataError as exc:
         raise DataToolError(str(exc)) from None
+    return text[1:] if text.startswith("\ufeff") else text  # a UTF-8 byte-order mark (Excel, Notepad) is no text
 
 
 def read_lines(path: str) -> List[str]:

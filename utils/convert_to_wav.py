@@ -1,13 +1,22 @@
-"""Convert a LibriSpeech FLAC tree to 16-bit WAV (optionally resampling), keeping the layout.
+"""Convert an audio tree (FLAC, WAV, any rate, mono or multi-channel) to 16-bit mono WAV, keeping the layout.
 
 Usage::
 
     python -m utils.convert_to_wav --input_dir /datasets/LibriSpeech --dest_dir /datasets/LibriSpeech-wav
-        [--target_sr 16000] [--overwrite] [--jobs 2]
+        [--target_sr 16000] [--extension flac --extension wav] [--overwrite] [--jobs 2]
 
-Every ``*.flac`` under the input becomes ``*.wav`` at the same relative path; ``*.trans.txt`` files
-are copied, so the filelist tools run unchanged with ``--extension wav`` (``EXT=wav``). Existing
-outputs are kept unless ``--overwrite``. Uses soundfile (no sox) and :func:`utils.audio.resample`.
+Every audio file under the input whose name ends in one of the ``--extension`` values (default ``flac`` and
+``wav``, case-insensitive: ``x.WAV`` is found too) becomes ``<same relative path, extension replaced>.wav``:
+channels are averaged to mono, the rate is changed to ``--target_sr`` with :func:`utils.audio.resample`
+(band-limited, no aliasing) or kept when it is not given. So a flat folder of 22.05 kHz / 44.1 kHz stereo
+recordings becomes what training reads with ``--target_sr 16000``. ``*.trans.txt`` files are copied, so the
+LibriSpeech filelist tools run unchanged with ``--extension wav`` (``EXT=wav``).
+
+Refused (an error, nothing written): ``--dest_dir`` equal to ``--input_dir`` (a WAV would be its own output),
+and two inputs that map to the same output (``a.flac`` and ``a.wav``). An existing output is kept unless
+``--overwrite``, except that one which is not mono at ``--target_sr`` (an earlier run without it) is converted
+again. Samples that resampling pushes beyond full scale are clipped to 16 bit; the files concerned are counted in
+a warning. Uses soundfile (no sox).
 """
 from __future__ import annotations
 
@@ -17,28 +26,72 @@ import shutil
 import sys
 from multiprocessing import Pool
 
+import numpy as np
 import soundfile as sf
 
 from .audio import resample, to_int16
 from .common import DataToolError, run_main
 from .generate_filelist import find_audio
 
+DEFAULT_EXTENSIONS = ("flac", "wav")
+
 
 def convert_one(job: tuple) -> str:
+    """Convert ``src`` to ``dst``; returns ``""``, ``"error: ..."`` or ``"clipped: ..."``."""
     src, dst, target_sr = job
     try:
         data, sr = sf.read(src, dtype="float64", always_2d=False)
     except Exception as exc:
-        return f"cannot read {src}: {exc}"
+        return f"error: cannot read {src}: {exc}"
     if data.ndim > 1:
         data = data.mean(axis=1)
     if target_sr and sr != target_sr:
         data, sr = resample(data, sr, target_sr), target_sr
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    clipped = int(np.count_nonzero(np.abs(data) > 32767.5 / 32767.0))
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
     tmp = dst + ".tmp.wav"
     sf.write(tmp, to_int16(data), sr, subtype="PCM_16", format="WAV")
     os.replace(tmp, dst)
-    return ""
+    return f"clipped: {src} ({clipped} samples)" if clipped else ""
+
+
+def output_is_current(dst: str, target_sr) -> bool:
+    """True when ``dst`` exists and, with a target rate, is already mono at it."""
+    if not os.path.exists(dst):
+        return False
+    if not target_sr:
+        return True
+    try:
+        info = sf.info(dst)
+    except Exception:
+        return False
+    return info.samplerate == target_sr and info.channels == 1
+
+
+def plan_jobs(input_dir: str, dest_dir: str, extensions, target_sr, overwrite: bool) -> tuple:
+    """``(jobs, skipped)``: ``(src, dst, target_sr)`` for every file to convert, and the number kept as is."""
+    if os.path.realpath(input_dir) == os.path.realpath(dest_dir):
+        raise DataToolError(f"--dest_dir {dest_dir} is the input directory: choose another one (the converted WAV "
+                            "files would replace, or be mistaken for, the originals)")
+    sources = {}
+    for ext in extensions:
+        for rel in find_audio(input_dir, ext):
+            sources[rel] = ext
+    outputs = {}
+    for rel in sorted(sources):
+        out_rel = os.path.splitext(rel)[0] + ".wav"
+        if out_rel in outputs:
+            raise DataToolError(f"{os.path.join(input_dir, outputs[out_rel])} and {os.path.join(input_dir, rel)} "
+                                f"would both become {os.path.join(dest_dir, out_rel)}: rename one of them")
+        outputs[out_rel] = rel
+    jobs, skipped = [], 0
+    for out_rel, rel in sorted(outputs.items(), key=lambda kv: kv[1]):
+        dst = os.path.join(dest_dir, out_rel)
+        if overwrite or not output_is_current(dst, target_sr):
+            jobs.append((os.path.join(input_dir, rel), dst, target_sr))
+        else:
+            skipped += 1
+    return jobs, skipped
 
 
 def main(argv=None) -> int:
@@ -46,35 +99,42 @@ def main(argv=None) -> int:
     p.add_argument("--input_dir", "--input-dir", dest="input_dir", required=True)
     p.add_argument("--dest_dir", "--dest-dir", dest="dest_dir", required=True)
     p.add_argument("--target_sr", "--target-sr", dest="target_sr", type=int, default=None,
-                   help="resample to this rate (default: keep the file's rate)")
+                   help="resample to this rate, e.g. 16000 for training (default: keep the file's rate)")
+    p.add_argument("--extension", "--extensions", dest="extensions", action="append", default=None,
+                   help="input file extension, case-insensitive; repeat for several (default: flac and wav)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     args = p.parse_args(argv)
     if not os.path.isdir(args.input_dir):
         raise DataToolError(f"input directory {args.input_dir} does not exist")
-    jobs = []
-    for rel in find_audio(args.input_dir, "flac"):
-        dst = os.path.join(args.dest_dir, rel[:-len(".flac")] + ".wav")
-        if args.overwrite or not os.path.exists(dst):
-            jobs.append((os.path.join(args.input_dir, rel), dst, args.target_sr))
+    extensions = [e.lstrip(".").lower() for e in (args.extensions or DEFAULT_EXTENSIONS)]
+    jobs, skipped = plan_jobs(args.input_dir, args.dest_dir, extensions, args.target_sr, args.overwrite)
     for dirpath, _, filenames in os.walk(args.input_dir):
         for name in filenames:
             if name.endswith(".trans.txt"):
                 rel = os.path.relpath(os.path.join(dirpath, name), args.input_dir)
                 os.makedirs(os.path.dirname(os.path.join(args.dest_dir, rel)), exist_ok=True)
                 shutil.copyfile(os.path.join(dirpath, name), os.path.join(args.dest_dir, rel))
-    errors = []
+    errors, clipped = [], []
     if jobs:
         with Pool(max(1, args.jobs)) as pool:
-            for i, err in enumerate(pool.imap(convert_one, jobs, chunksize=8), start=1):
-                if err:
-                    errors.append(err)
+            for i, msg in enumerate(pool.imap(convert_one, jobs, chunksize=8), start=1):
+                if msg.startswith("error: "):
+                    errors.append(msg[len("error: "):])
+                elif msg:
+                    clipped.append(msg[len("clipped: "):])
                 if i % 100 == 0 or i == len(jobs):
                     print(f"\rconverted {i}/{len(jobs)}", end="\n" if i == len(jobs) else "",
                           file=sys.stderr, flush=True)
     if errors:
         raise DataToolError(f"{len(errors)} file(s) failed, first: {errors[0]}")
-    print(f"{len(jobs)} file(s) converted into {args.dest_dir}", file=sys.stderr)
+    if not jobs and not skipped:
+        print(f"WARNING: no .{' / .'.join(extensions)} files found under {args.input_dir}", file=sys.stderr)
+    print(f"{len(jobs)} file(s) converted into {args.dest_dir}"
+          + (f", {skipped} already there (kept; --overwrite redoes them)" if skipped else ""), file=sys.stderr)
+    if clipped:
+        print(f"WARNING: {len(clipped)} file(s) exceeded full scale after conversion and were clipped, first: "
+              f"{clipped[0]}", file=sys.stderr)
     return 0
 
 

@@ -2,11 +2,14 @@
 
 Usage::
 
-    python -m utils.generate_dictionary IN.ltr OUT.txt
+    python -m utils.generate_dictionary IN.ltr [MORE.ltr ...] OUT.txt
 
-Counts every character of every line (line terminator and spaces excluded, ``|`` counted) and writes
-``<symbol> <count>`` lines by descending count; equal counts are ordered by symbol (code point), so
-the result does not depend on line order. Unlike the reference, the last character of a line is
+Counts every token of every line, as training splits a label line (at whitespace; ``|`` counted) and
+writes ``<symbol> <count>`` lines by descending count; equal counts are ordered by symbol (code point), so
+the result does not depend on line order. For ``.ltr`` files a token is a letter (a letter written with a
+combining accent, ``E`` + U+0301, is one token when ``utils.text_labels`` wrote it so); a token of several
+characters is one symbol, because training looks the whole token up (counting its characters instead would
+leave it out of the dictionary). Unlike the reference, the last character of a line is
 never dropped (the reference removed it assuming a newline; a final line without one lost a letter).
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ def count_symbols(path: str) -> Counter:
         raise DataToolError(f"label file {path} does not exist")
     counts = Counter()
     for line in read_lines(path):
-        counts.update(line.replace(" ", ""))
+        counts.update(line.split())
     return counts
 
 
@@ -34,12 +37,16 @@ def dictionary_lines(counts: Counter) -> list:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m utils.generate_dictionary", description=__doc__.split("\n")[0])
-    p.add_argument("input", metavar="IN_LTR")
+    p.add_argument("inputs", metavar="IN_LTR", nargs="+",
+                   help="label file(s); with several, their counts are added (e.g. train.ltr dev.ltr test.ltr, so "
+                        "that a letter only the evaluation transcripts contain still has a model output)")
     p.add_argument("output", metavar="OUT_TXT")
     args = p.parse_args(argv)
-    counts = count_symbols(args.input)
+    counts = Counter()
+    for path in args.inputs:
+        counts.update(count_symbols(path))
     if not counts:
-        raise DataToolError(f"{args.input}: no symbols found")
+        raise DataToolError(f"{' '.join(args.inputs)}: no symbols found")
     write_lines(args.output, dictionary_lines(counts))
     print(f"{args.output}: {len(counts)} symbols", file=sys.stderr)
     return 0

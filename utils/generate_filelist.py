@@ -12,7 +12,8 @@ An unreadable file stops the tool with an error naming it (no manifest is writte
 truncated WAV, shorter than its header declares (libsndfile reports the frames present, so the
 manifest would agree with the short file). Files that are not ``--sample-rate`` (16000) Hz mono are
 listed, as the reference lists them, but a warning on stderr counts them and names the first few:
-training and inference refuse them (resample and down-mix first, e.g. ``utils.convert_to_wav``). The
+training and inference refuse them (resample and down-mix first, e.g. ``utils.convert_to_wav``). Audio files with
+another extension than ``--extension`` (``.flac`` in a ``wav`` listing, ...) are not listed; a warning counts them. The
 summary line gives the hours of audio from each file's own rate. Files processed, rate and ETA are
 printed to stderr every ``--progress-interval`` seconds (default 10; ``--quiet`` turns them off).
 """
@@ -70,6 +71,21 @@ def check_decodes_to_end(path: str, frames: int) -> Optional[str]:
     return None
 
 
+AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "opus", "mp3", "aif", "aiff", "au", "w64", "caf")
+
+
+def other_audio(directory: str, extension: str) -> dict:
+    """``{extension: count}`` of the audio files under ``directory`` that ``--extension`` does not list."""
+    listed = extension.lstrip(".").lower()
+    counts: dict = {}
+    for _, _, filenames in os.walk(directory, followlinks=True):
+        for name in filenames:
+            ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+            if ext in AUDIO_EXTENSIONS and ext != listed:
+                counts[ext] = counts.get(ext, 0) + 1
+    return counts
+
+
 def find_audio(directory: str, extension: str) -> list:
     """Relative POSIX paths of all files ending in ``.<extension>`` under ``directory``, sorted."""
     suffix = "." + extension.lstrip(".").lower()
@@ -102,7 +118,8 @@ class Listing:
         more = len(self.unusable) - NAMED_FILES
         return (f"WARNING: {len(self.unusable)} of {len(self.lines) - 1} files are not {sample_rate} Hz mono, which "
                 f"training and inference refuse: {named}" + (f" and {more} more" if more > 0 else "")
-                + f"; resample and down-mix them first (e.g. python -m utils.convert_to_wav --target_sr {sample_rate})")
+                + "; resample and down-mix them first (python -m utils.convert_to_wav --input_dir DIR --dest_dir "
+                  f"NEW_DIR --target_sr {sample_rate}, then list NEW_DIR with --extension wav)")
 
 
 def scan(directory: str, extension: str, *, progress: bool = False, interval_s: float = PROGRESS_INTERVAL_S,
@@ -162,6 +179,12 @@ def main(argv=None) -> int:
     write_lines(args.output, lines)
     total = sum(int(line.rsplit("\t", 1)[1]) for line in lines[1:])
     print(f"{args.output}: {len(lines) - 1} files, {total} samples, {listing.seconds / 3600:.2f} h", file=sys.stderr)
+    others = other_audio(args.dir, args.extension)
+    if others:
+        found = ", ".join(f"{n} .{ext}" for ext, n in sorted(others.items()))
+        print(f"WARNING: not listed: {found} file(s) under {args.dir} (only .{args.extension.lstrip('.')} files are; "
+              f"python -m utils.convert_to_wav --input_dir {args.dir} --dest_dir NEW_DIR --target_sr "
+              f"{args.sample_rate} makes one .wav tree of them all)", file=sys.stderr)
     warning = listing.warning(args.sample_rate)
     if warning:
         print(warning, file=sys.stderr)  # last: it must not scroll away behind the summary

@@ -6,7 +6,8 @@ symbols in file order. For LibriSpeech letters the file has 28 symbols (``|`` fi
 File format: one ``<symbol> <count>`` line per symbol, split at the LAST space (so a symbol may contain spaces), with
 an optional trailing ``#fairseq:overwrite`` flag. Without the flag a symbol already present (including the four
 specials) is an error; with it the symbol is appended again under a new index and lookups return the new index
-(the old slot stays, as in fairseq).
+(the old slot stays, as in fairseq). A leading UTF-8 byte-order mark is ignored (else it would become part of the
+first symbol, usually ``|``, and every label line would fail as "unknown symbol '|'").
 
 Unknown label tokens are an error by default (naming the label file and line): mapping them silently to ``<unk>``
 trains on wrong targets. ``on_unknown="unk"`` gives the reference behaviour.
@@ -51,6 +52,8 @@ class Dictionary:
     def from_text(cls, text: str, source: str = "<text>") -> "Dictionary":
         """Parse dictionary text (as stored in fine-tuned checkpoints); ``source`` names it in errors."""
         d = cls(source=source)
+        if text.startswith("\ufeff"):  # a UTF-8 byte-order mark (Notepad, Excel) would glue itself to symbol 1
+            text = text[1:]
         for line_no, raw in enumerate(text.splitlines(), start=1):
             d._add_line(raw, source, line_no)
         return d

@@ -32,7 +32,9 @@ def first_few(indices: Sequence[int], describe: Callable[[int], str], limit: int
 
 
 def read_text(path: PathLike) -> str:
-    """The content of a UTF-8 text file (universal newlines, as ``open(path, encoding="utf-8").read()``).
+    """The content of a UTF-8 text file (universal newlines, as ``open(path, encoding="utf-8").read()``), without a
+    leading byte-order mark (Notepad and Excel write one; it would otherwise glue itself to the first field: a
+    filelist's root, a dictionary's first symbol, a label line's first letter).
 
     Raises:
         DataError: the file is not valid UTF-8; the message names the file, the 1-based line and column and the
@@ -40,7 +42,8 @@ def read_text(path: PathLike) -> str:
     """
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read()
+            text = f.read()
+        return text[1:] if text.startswith("\ufeff") else text
     except UnicodeDecodeError:
         pass
     with open(path, "rb") as f:
