@@ -6,7 +6,7 @@
     torchrun --nproc_per_node 8 inference.py ...           # each rank evaluates a shard; rank 0 reports
 
 Flags: the reference's (common + fine-tuning + inference groups) plus ``--max_duration``, ``--torch_compile``,
-``--use_ema`` (``--device`` / ``--cpu`` are common flags), the beam-search decoder's (``--lexicon``, ``--lm_path``,
+``--on_unknown_label``, ``--use_ema`` (``--device`` / ``--cpu`` are common flags), the beam-search decoder's (``--lexicon``, ``--lm_path``,
 ``--beam``, ...: lexicon-constrained CTC beam search with a word n-gram LM instead of greedy decoding) and chunked
 inference of long audio (``--chunk_seconds``, ``--chunk_overlap_seconds``). See docs/INFERENCE.md.
 """
@@ -49,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_duration", type=non_negative_float, default=None,
                    help="batch by duration: at most this many seconds of padded audio per batch (utterances sorted "
                         "by length; outputs stay in filelist order)")
-    g.add_argument("--torch_compile", action="store_true", help="run the model through torch.compile")
+    g.add_argument("--torch_compile", action="store_true",
+                   help="(ours) torch.compile each transformer layer (dynamic shapes; on CPU inductor needs a C++ compiler; "
+                        "the first batches compile, reported on stderr)")
+    g.add_argument("--on_unknown_label", choices=("error", "unk"), default="error",
+                   help="(ours) reference transcript symbols missing from the model's dictionary: an error naming file "
+                        "and line (default), or <unk>, which no hypothesis matches, so each such word counts as an "
+                        "error (the reference's mapping)")
     g.add_argument("--cuda_graphs", action="store_true",
                    help="replay the forward from CUDA graphs (CUDA only; one graph per batch shape, captured before "
                         "the timed loop): removes the kernel-launch overhead that dominates batch-1 GPU latency")
@@ -168,6 +174,13 @@ def prepare_model(model: torch.nn.Module, device: torch.device, torchscript: boo
     TorchScript: ``torch.jit.script`` cannot compile the model (keyword-only arguments and optional generator
     arguments of the forward, dataclass configs), so the CTC model is TRACED with an example padded batch of two
     utterances of different lengths; the trace generalises over batch size and lengths (tested).
+
+    torch.compile: each transformer layer, in place, with dynamic shapes (``common.compile.compile_blocks``, as
+    ``train.py --torch_compile``): one graph for all lengths and batch sizes, a second for batches without padding
+    (one utterance, or equal lengths). Compiling the whole model instead broke its graph in the feature extractor
+    (``addcmul(out=)``: the extractor ran eagerly all the same), recompiled once per extractor layer shape and took
+    the CPU positional convolution off its FFT path: 1.8x slower than eager per batch (tiny, CPU).
+    A missing C++ compiler (CPU inductor) is an :class:`InferenceError` here, not a traceback at the first batch.
     """
     model = model.to(device).eval()
     for p in model.parameters():
@@ -186,7 +199,13 @@ def prepare_model(model: torch.nn.Module, device: torch.device, torchscript: boo
         with torch.no_grad():
             model = torch.jit.trace(model, (x, lengths), check_trace=False)
     elif torch_compile:
-        model = torch.compile(model, dynamic=True)
+        from common.compile import CompileUnavailable, compile_blocks
+        from wav2vec2.encoder import TransformerLayer
+
+        try:
+            compile_blocks(model, (TransformerLayer,), dynamic=True)
+        except CompileUnavailable as exc:
+            raise InferenceError(str(exc)) from None
     return model
 
 
@@ -443,9 +462,11 @@ def run(args: argparse.Namespace, transcripts: Optional[TextIO] = None) -> int:
                 print(f"No transcripts ({labels_file} not found): transcribing only, no WER.")
             dataset = open_split(args.data, args.valid_subset, labels=args.labels if has_labels else None,
                                  dictionary=dictionary, sample_rate=args.sample_rate,
-                                 normalize=bool(loaded.config.normalize))
+                                 normalize=bool(loaded.config.normalize), on_unknown=args.on_unknown_label)
     except (DataError, FileNotFoundError) as exc:
-        raise InferenceError(str(exc)) from None
+        hint = ("; --on_unknown_label unk scores such symbols as errors instead"
+                if "unknown label symbol" in str(exc) else "")
+        raise InferenceError(f"{exc}{hint}") from None
     if len(dataset) == 0:
         raise InferenceError(f"{tsv} lists no utterances")
     _check_min_length(dataset, loaded.config.conv_layers, single_file=bool(args.transcribe_wav))
