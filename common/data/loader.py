@@ -14,9 +14,12 @@ epoch is complete.
 """
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import os
 import signal
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Sequence
 
@@ -55,6 +58,23 @@ def _worker_leaves_stop_signals_to_the_trainer(worker_id: int) -> None:  # noqa:
         sig = getattr(signal, name, None)
         if sig is not None:
             signal.signal(sig, signal.SIG_IGN)
+
+
+#: loaders that may hold worker processes, shut down at interpreter exit by :func:`_close_loaders_at_exit`
+_LIVE_LOADERS: "weakref.WeakSet[AudioLoader]" = weakref.WeakSet()
+_EXIT_HOOK_REGISTERED = False
+
+
+def _close_loaders_at_exit() -> None:
+    """``atexit`` hook: shut the workers of every live loader down before ``multiprocessing``'s own exit handler runs.
+
+    That handler (registered earlier, so it runs later) stops daemonic children with SIGTERM and then joins them.
+    Our workers ignore SIGTERM (:func:`_worker_leaves_stop_signals_to_the_trainer`), and torch's loader does not shut
+    its workers down itself once the interpreter is exiting, so a process that exits while a loader with persistent
+    workers is still referenced (a module-level loader, or the frames of an uncaught exception's traceback: a
+    training run that dies of an error) would wait for them forever instead of exiting."""
+    for loader in list(_LIVE_LOADERS):
+        loader.close()
 
 
 def _cgroup_cpu_limit(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> Optional[int]:
@@ -237,6 +257,7 @@ class AudioLoader:
         self.epoch = sampler.epoch
         self.batch_in_epoch = 0
         self._resume_from = 0
+        self._batches: Optional[Iterator[Dict[str, Any]]] = None  # the torch iterator of the current epoch
         workers = usable_workers(config.num_workers, len(sampler))
         pin = torch.cuda.is_available() if config.pin_memory is None else bool(config.pin_memory)
         self._loader = DataLoader(
@@ -250,9 +271,24 @@ class AudioLoader:
             prefetch_factor=config.prefetch_factor if workers > 0 else None,
             worker_init_fn=_worker_leaves_stop_signals_to_the_trainer if workers > 0 else None,
         )
+        if workers > 0:
+            global _EXIT_HOOK_REGISTERED
+            if not _EXIT_HOOK_REGISTERED:  # registered after torch's and multiprocessing's hooks: runs before them
+                atexit.register(_close_loaders_at_exit)
+                _EXIT_HOOK_REGISTERED = True
+            _LIVE_LOADERS.add(self)
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+    def close(self) -> None:
+        """Stop the worker processes now (the next iteration starts new ones)."""
+        iterators = {id(it): it for it in (getattr(self._loader, "_iterator", None), self._batches) if it is not None}
+        self._loader._iterator = None
+        self._batches = None
+        for iterator in iterators.values():
+            if hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch to iterate. A position restored for this same epoch is kept; otherwise it starts at 0."""
@@ -266,7 +302,16 @@ class AudioLoader:
         self.sampler.set_epoch(self.epoch)
         self.sampler.start = start
         self.batch_in_epoch = start
-        for batch in self._loader:
+        # Workers are forked when the first iteration starts. Objects tracked by the garbage collector at that moment
+        # (the trainer's, torch's) would have their headers written by every collection in every worker, copying
+        # their pages into it; frozen, the workers' collections skip them. The parent unfreezes at once.
+        gc.freeze()
+        try:
+            batches = iter(self._loader)
+        finally:
+            gc.unfreeze()
+        self._batches = batches  # (without persistent workers, only this generator holds the workers)
+        for batch in batches:
             self.batch_in_epoch += 1
             yield batch
 

@@ -10,15 +10,86 @@ of manifest entries; an empty transcript of a kept entry is an error.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Iterable, Iterator, List, Optional, Sequence, Union, overload
 
 import numpy as np
 
 from common.data.errors import DataError, PathLike, read_text, where
 
 logger = logging.getLogger(__name__)
+
+
+class StringTable(Sequence[str]):
+    """A read-only sequence of strings kept as two numpy arrays: the UTF-8 bytes of all strings, one after the
+    other, and their int64 start offsets.
+
+    Why not a list: DataLoader workers are forked, and reading a ``str`` of a list in a worker writes its reference
+    count, so every memory page holding one of the 281k path or transcript strings of a LibriSpeech-960 manifest is
+    copied into every worker that reads from it (copy-on-write becomes a copy: the "memory leak" of PyTorch
+    DataLoader workers, pytorch/pytorch#13246). A numpy buffer's pages are only read, so they stay shared. Items are
+    decoded on access (about a microsecond); equality with a list or tuple compares the strings.
+    """
+
+    __slots__ = ("_data", "_offsets")
+
+    def __init__(self, strings: Iterable[str] = ()):
+        strings = strings if isinstance(strings, (list, tuple)) else list(strings)
+        # two passes (byte lengths, then bytes into one buffer) so that no second copy of all strings is ever held
+        offsets = np.zeros(len(strings) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter((len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass")) for s in strings),
+                              dtype=np.int64, count=len(strings)), out=offsets[1:])
+        buf = bytearray(int(offsets[-1]))
+        view, pos = memoryview(buf), 0
+        for s in strings:
+            b = s.encode("utf-8", "surrogatepass")
+            view[pos:pos + len(b)] = b
+            pos += len(b)
+        view.release()
+        self._data = np.frombuffer(buf, dtype=np.uint8)
+        self._data.flags.writeable = False
+        self._offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> List[str]: ...
+
+    def __getitem__(self, i: Union[int, slice]) -> Union[str, List[str]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        j = operator.index(i)
+        if j < 0:
+            j += n
+        if not 0 <= j < n:
+            raise IndexError(f"StringTable index {i} out of range for {n} strings")
+        return self._data[self._offsets[j]:self._offsets[j + 1]].tobytes().decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str]:
+        data = self._data.tobytes()
+        offsets = self._offsets.tolist()
+        for a, b in zip(offsets, offsets[1:]):
+            yield data[a:b].decode("utf-8", "surrogatepass")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StringTable):
+            return np.array_equal(self._offsets, other._offsets) and np.array_equal(self._data, other._data)
+        if isinstance(other, (list, tuple)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(s) for s in self[:3])
+        return f"StringTable([{head}{', ...' if len(self) > 3 else ''}], {len(self)} strings)"
 
 
 @dataclass
@@ -28,7 +99,7 @@ class Manifest:
     Attributes:
         path: the ``.tsv`` file.
         root: audio root directory (line 1).
-        files: relative path of each kept entry.
+        files: relative path of each kept entry (a :class:`StringTable`; a list given here is converted).
         sizes: int64 number of samples of each kept entry.
         line_numbers: 1-based line in ``path`` of each kept entry (for error messages).
         skipped_indices: 0-based entry indices (header excluded) skipped for being shorter than min_sample_size.
@@ -37,11 +108,15 @@ class Manifest:
 
     path: str
     root: str
-    files: List[str]
+    files: Sequence[str]
     sizes: np.ndarray
     line_numbers: np.ndarray
     skipped_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     num_entries: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.files, StringTable):
+            self.files = StringTable(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -150,13 +225,18 @@ class Labels:
 
     Attributes:
         path: the labels file (e.g. ``train.ltr``).
-        lines: the transcript of each kept manifest entry (stripped).
+        lines: the transcript of each kept manifest entry (stripped; a :class:`StringTable`, a list given here is
+            converted).
         line_numbers: 1-based line of each in ``path``.
     """
 
     path: str
-    lines: List[str]
+    lines: Sequence[str]
     line_numbers: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lines, StringTable):
+            self.lines = StringTable(self.lines)
 
     def __len__(self) -> int:
         return len(self.lines)
