@@ -140,13 +140,14 @@ def read_audio(
             if f.samplerate != sample_rate:
                 raise DataError(
                     f"audio file {fspath}{ctx} has sample rate {f.samplerate} Hz, expected {sample_rate} Hz "
-                    "(no resampling is done at load time: resample the audio first, e.g. a LibriSpeech-layout "
-                    "tree with python -m utils.convert_to_wav --input_dir ... --dest_dir ... --target_sr 16000)"
+                    "(no resampling is done at load time: convert the folder first, python -m utils.convert_to_wav "
+                    f"--input_dir DIR --dest_dir NEW_DIR --target_sr {sample_rate}; WAV and FLAC, any layout)"
                 )
             if f.channels != 1:
                 raise DataError(
                     f"audio file {fspath}{ctx} has {f.channels} channels, expected mono "
-                    "(convert it to one channel; channels are not averaged)"
+                    "(channels are not averaged at load time: python -m utils.convert_to_wav --input_dir DIR "
+                    f"--dest_dir NEW_DIR --target_sr {sample_rate} averages them)"
                 )
             wav = f.read(dtype="float32", always_2d=False)
             file_format = f.format
