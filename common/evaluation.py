@@ -301,7 +301,7 @@ class EvalResult:
         _, w_errs, w_len = word_error_rate(hyps, refs)
         c_errs = sum(edit_distance(u.pred_ids, u.ref_ids or []) for u in self.utterances)
         c_len = sum(len(u.ref_ids or []) for u in self.utterances)
-        empty = sum(1 for u in self.utterances if not u.pred_ids)
+        empty = sum(1 for u in self.utterances if not u.hypothesis.split())  # no word: blank- or separator-only
         return {"w_errs": w_errs, "w_len": w_len, "c_errs": c_errs, "c_len": c_len,
                 "utterances": len(self.utterances), "empty_predictions": empty}
 
