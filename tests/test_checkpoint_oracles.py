@@ -116,9 +116,10 @@ def test_ddp_module_prefixes_are_removed_at_the_front_and_inside():
     parameters under longer names: every such segment goes, nothing else changes."""
     t = torch.zeros(2)
     out = upgrade_state_dict({"module.encoder.layer_norm.weight": t, "w2v_encoder.module.proj.weight": t,
-                              "module.w2v_encoder.module.w2v_model.mask_emb": t, "modules_x.weight": t})
-    assert sorted(out) == ["encoder.layer_norm.weight", "modules_x.weight", "w2v_encoder.proj.weight",
-                           "w2v_encoder.w2v_model.mask_emb"]
+                              "module.w2v_encoder.module.w2v_model.mask_emb": t, "modules_x.weight": t,
+                              "adapter.submodule.weight": t})
+    assert sorted(out) == ["adapter.submodule.weight", "encoder.layer_norm.weight", "modules_x.weight",
+                           "w2v_encoder.proj.weight", "w2v_encoder.w2v_model.mask_emb"]
 
 
 def test_reference_layout_is_given_in_our_names_for_a_ddp_prefixed_checkpoint():

@@ -261,7 +261,7 @@ def upgrade_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     rebuild ``weight_g``/``weight_v`` for a positional conv whose weight norm was removed."""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        k = key.replace("module.", "") if key.startswith("module.") or ".module." in key else key
+        k = re.sub(r"(?:^|(?<=\.))module\.", "", key)  # whole "module." path components only (not "submodule.")
         k = re.sub(r"(conv_layers\.\d+)\.conv\.", r"\1.0.", k)
         k = re.sub(r"(conv_layers\.0)\.norm\._group_norm\.", r"\1.2.", k)
         k = re.sub(r"(conv_layers\.0)\.norm\.", r"\1.2.", k)
