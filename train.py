@@ -218,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         # one line naming it; the trainer has saved what it could. Also a run stopped for non-finite losses
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
+    finally:
+        # a run that failed before training (a data or flag error found after the process group was initialised)
+        # ends its group too, without a barrier: one left to interpreter exit keeps gloo's threads running into
+        # finalisation, where the process can abort (SIGABRT, status 134 instead of 2). A no-op when run() ended it
+        shutdown()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -80,11 +80,29 @@ def init_distributed(cpu: bool = False, device: Optional[str] = None) -> DistEnv
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
+        _import_group_capturing_modules()
         # 30 min instead of NCCL's 10 before a collective is declared hung: rank 0 writing a Large checkpoint (twice
         # for a new best), every rank reading one at a resume, or torch.compile's first graphs can keep ranks apart
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://",
                                 timeout=COLLECTIVE_TIMEOUT)
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def _import_group_capturing_modules() -> None:
+    """Import, before the process group exists, the torch modules that capture ``group.WORLD`` at import time.
+
+    ``torch.distributed.nn.functional`` has ten functions whose default argument is ``group=group.WORLD``, evaluated
+    when the module is first imported; ``torch._dynamo`` imports it, and ``torch.optim``'s optimizers import
+    ``torch._dynamo`` when the first one is built, i.e. after ``init_process_group``. Those defaults then hold the
+    default ProcessGroup for the life of the interpreter: ``destroy_process_group`` cannot free it, and gloo's worker
+    and transport threads ran on into interpreter finalisation, where a two-rank CPU run sometimes aborted after
+    its work was done ("terminate called without an active exception", exit status 134 for torchrun). Imported
+    first, the defaults are None (= the default group at call time) and the group ends with
+    ``destroy_process_group``. (A few milliseconds: the module does not import torch._dynamo.)"""
+    try:
+        import torch.distributed.nn.functional  # noqa: F401
+    except Exception:  # an unusual torch build (e.g. without RPC): nothing to pin then
+        pass
 
 
 def first_of_ranks(value: Any, world_size: int) -> Any:
@@ -159,9 +177,9 @@ def barrier() -> None:
 
 def shutdown(finished: bool = False) -> None:
     """Destroy the process group. ``finished``: every rank got here the normal way (they stop after the same update),
-    so they first wait for each other: no rank tears its connections down while another still writes a checkpoint
-    (a two-rank gloo run once aborted at exit with "terminate called without an active exception"). After an error
-    no barrier: the other ranks may never arrive."""
+    so they first wait for each other: no rank tears its connections down while another still writes a checkpoint.
+    After an error no barrier: the other ranks may never arrive. (The gloo abort at exit, "terminate called without
+    an active exception", came from a group kept alive after this call: see _import_group_capturing_modules.)"""
     if dist.is_available() and dist.is_initialized():
         if finished:
             dist.barrier()

@@ -94,13 +94,21 @@ def gloo_worker(rank: int, port: int, world_size: int = 2):
     is destroyed and the process ends at once, without interpreter finalisation: gloo's threads sometimes abort a
     process at exit ("terminate called without an active exception", SIGABRT) after all its work is done (3 times in
     about 10 suite runs of the eighth session, on a loaded and on a quiet machine), which failed the spawning test
-    though its results were complete. When the body fails, the group is destroyed and the error propagates."""
+    though its results were complete. When the body fails, the group is destroyed and the error propagates.
+
+    The cause: a group still referenced after destroy_process_group (torch.distributed.nn.functional's
+    ``group=group.WORLD`` defaults, when a torch optimizer imports it after the group exists) keeps gloo's threads
+    into finalisation. As init_distributed does, that module is imported before the group; the early exit stays as a
+    second guard."""
     import sys
 
     import torch.distributed as dist
 
+    from common.distributed import _import_group_capturing_modules
+
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _import_group_capturing_modules()
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         yield

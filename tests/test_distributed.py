@@ -150,3 +150,85 @@ def test_validation_with_an_empty_first_batch_on_one_rank(tmp_path):
     mp.spawn(_validation_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     a, b = (torch.load(tmp_path / f"val{r}.pt", weights_only=True) for r in (0, 1))
     assert a == b and a["ntokens"] == 4
+
+
+def _gloo_threads() -> list[str]:
+    """The names of this process's gloo threads (ProcessGroupGloo's ``pt_gloo_runloop`` workers, the transport's
+    ``gloo_tcp_loop``)."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # a thread that just ended
+            pass
+    return sorted(n for n in names if "gloo" in n)
+
+
+def _shutdown_worker(rank: int, port: int, out_dir: str) -> None:
+    """One rank as train.py runs it: common.distributed's set-up, an optimizer built after it, then shutdown."""
+    import sys
+
+    torch.set_num_threads(1)
+    imported_before = "torch.distributed.nn.functional" in sys.modules
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    from common.distributed import init_distributed, shutdown
+    from common.optim import OptimizerConfig, build_optimizer
+
+    init_distributed(cpu=True)
+    during = _gloo_threads()
+    build_optimizer(torch.nn.Linear(3, 2).parameters(), OptimizerConfig(lr=0.01))  # torch.optim imports torch._dynamo
+    shutdown(finished=True)
+    after = _gloo_threads()
+    torch.save({"imported_before": imported_before, "during": during, "after": after,
+                "dynamo": "torch._dynamo" in sys.modules}, os.path.join(out_dir, f"threads{rank}.pt"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the thread names from /proc (Linux)")
+def test_shutdown_ends_gloos_threads_although_an_optimizer_was_built_after_the_group(tmp_path):
+    """torch.distributed.nn.functional captures ``group.WORLD`` as default arguments when first imported, and
+    building a torch optimizer imports it (through torch._dynamo): imported after init_process_group, it held the
+    process group past destroy_process_group, and gloo's threads ran on into interpreter finalisation, where a
+    finished two-rank CPU run sometimes aborted ("terminate called without an active exception", status 134).
+    init_distributed imports it first: shutdown ends every gloo thread."""
+    mp.spawn(_shutdown_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"threads{rank}.pt", weights_only=True)
+        assert not got["imported_before"], "the worker imported torch.distributed.nn.functional early: no test"
+        assert got["during"] and got["dynamo"]  # (the group's threads were there; the optimizer imported dynamo)
+        assert got["after"] == [], got
+
+
+def _early_error_worker(rank: int, port: int, corpus: str, out_dir: str) -> None:
+    """One rank of ``torchrun train.py`` (in-process) whose run fails after the process group was initialised."""
+    import sys
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    import train
+    from conftest import MICRO_MODEL
+
+    # 16 utterances make a few batches per rank: fewer than --update_freq 64, an error found after set-up
+    status = train.main(["pretrain", *MICRO_MODEL, "--data", corpus, "--output_dir", os.path.join(out_dir, "run"),
+                         "--cpu", "--num_workers", "0", "--update_freq", "64"])
+    torch.save({"status": status, "initialized": dist.is_initialized()}, os.path.join(out_dir, f"early{rank}.pt"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def test_a_run_that_fails_before_training_ends_its_process_group(tiny_corpus, tmp_path):
+    """train.py's set-up errors after init_distributed (here too few batches for --update_freq) returned 2 with the
+    process group still alive: gloo's threads then ran into interpreter finalisation (the abort at exit, status 134
+    for torchrun instead of 2). main() now ends the group on every way out."""
+    mp.spawn(_early_error_worker, args=(_free_port(), tiny_corpus, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"early{rank}.pt", weights_only=True)
+        assert got == {"status": 2, "initialized": False}

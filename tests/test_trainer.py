@@ -111,7 +111,7 @@ def test_two_rank_ddp_equals_one_rank_accumulation(tiny_corpus, tmp_path):
     _run_train(_pretrain_args(tiny_corpus, one, *common, "--update_freq", "2", "--updates_this_job", "3"))
     two = str(tmp_path / "two")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(ROOT, "train.py"),
            *_pretrain_args(tiny_corpus, two, *common, "--update_freq", "1", "--updates_this_job", "3")]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
