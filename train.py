@@ -264,10 +264,16 @@ def run(args: argparse.Namespace) -> int:
     model.to(env.device)
     print_fn(f"Model size: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params")
     if args.torch_compile:
-        from common.compile import compile_blocks
+        from common.compile import CompileUnavailable, compile_blocks
         from wav2vec2.encoder import TransformerLayer
 
-        print_fn(f"torch.compile: {compile_blocks(model, (TransformerLayer,))} transformer layers (compiled at first use)")
+        try:
+            n_compiled = compile_blocks(model, (TransformerLayer,))
+        except CompileUnavailable as exc:  # no C++ compiler (CPU) / Triton (CUDA): one line, not inductor's traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print_fn(f"torch.compile: {n_compiled} transformer layers (compiled at first use; each new mode - training, "
+                 "validation, frozen encoder, unpadded batches - compiles once, reported on stderr)")
     if hasattr(model, "layerdrop_seed"):
         model.layerdrop_seed = args.seed
     elif hasattr(model, "w2v_model"):

@@ -185,6 +185,21 @@ def test_inference_without_cxx_compiler_is_an_error_not_a_traceback(tmp_path, ti
     assert rc == 2 and "error: --torch_compile" in err and "C++ compiler" in err and "Traceback" not in err
 
 
+def test_training_without_cxx_compiler_is_an_error_not_a_traceback(tmp_path, tiny_corpus, capsys):
+    """train.py --torch_compile without a C++ compiler: one "error: ..." line and exit status 2 before any update."""
+    import torch._inductor.config as inductor_config
+
+    import train
+    from test_trainer import _pretrain_args
+
+    out = tmp_path / "out"
+    with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/g++")}):
+        rc = train.main(_pretrain_args(tiny_corpus, str(out), "--torch_compile"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: --torch_compile" in err and "C++ compiler" in err and "Traceback" not in err
+    assert not out.exists() or not any(name.endswith(".pt") for name in os.listdir(out))
+
+
 @pytest.mark.slow
 def test_finetuning_with_inductor_compiles_once_per_mode(tiny_corpus, tmp_path, capsys):
     """train.py pretrain then finetune --torch_compile in process, inductor: 24 updates (two epochs) of bucketed
