@@ -615,6 +615,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (InferenceError, DataError, OSError) as exc:  # DataError / OSError: a file read or written during the run
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
+    finally:
+        # as train.py: a run that fails after init_distributed (a missing checkpoint, an unknown label symbol) ends
+        # its process group too; one left to interpreter exit keeps gloo's threads running into finalisation, where
+        # the process can abort (SIGABRT instead of status 2). A no-op when run() ended it
+        from common.distributed import shutdown
+
+        shutdown()
 
 
 if __name__ == "__main__":

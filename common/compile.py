@@ -52,14 +52,23 @@ def check_toolchain(device: torch.device | str) -> None:
                 f"({exc}); install one (e.g. g++) or set CXX to it, or run without --torch_compile") from None
     elif kind == "cuda":
         try:
-            from torch.utils._triton import has_triton
+            from torch.utils._triton import has_triton, has_triton_package
 
-            ok = has_triton()
+            installed = has_triton_package()
+            ok = installed and has_triton()
         except Exception:  # pragma: no cover - private helper moved: let inductor decide
-            ok = True
-        if not ok:
+            installed = ok = True
+        if not installed:
             raise CompileUnavailable("--torch_compile: torch.compile's GPU backend (inductor) needs Triton, which is "
                                      "not installed (pip install triton), or run without --torch_compile")
+        if not ok:  # installed, but Triton needs compute capability 7.0 or later (not a P100, K80, GTX 10xx)
+            try:
+                major, minor = torch.cuda.get_device_capability(device)
+                gpu = f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
+            except Exception:  # pragma: no cover
+                gpu = "this GPU"
+            raise CompileUnavailable(f"--torch_compile: torch.compile's GPU backend (inductor) uses Triton, which "
+                                     f"does not support {gpu} (7.0 or later needed); run without --torch_compile")
 
 
 def _print_rank0(message: str) -> None:

@@ -224,3 +224,22 @@ def test_finetuning_with_inductor_compiles_once_per_mode(tiny_corpus, tmp_path, 
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
     assert _graphs() == 5
     assert capsys.readouterr().err.count("torch.compile: compiling graph") == _graphs()
+
+
+def test_a_gpu_too_old_for_triton_is_not_reported_as_triton_missing(monkeypatch):
+    """has_triton() is also False when Triton is installed but the GPU is older than compute capability 7.0 (P100,
+    K80, GTX 10xx): the error said "not installed (pip install triton)", which does not help there."""
+    import torch.utils._triton as tt
+
+    from common.compile import CompileUnavailable, check_toolchain
+
+    monkeypatch.setattr(tt, "has_triton", lambda: False)
+    monkeypatch.setattr(tt, "has_triton_package", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla P100")
+    with pytest.raises(CompileUnavailable, match=r"does not support Tesla P100, compute capability 6\.0") as info:
+        check_toolchain("cuda")
+    assert "not installed" not in str(info.value)
+    monkeypatch.setattr(tt, "has_triton_package", lambda: False)
+    with pytest.raises(CompileUnavailable, match="not installed"):
+        check_toolchain("cuda")

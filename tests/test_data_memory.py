@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -93,3 +94,23 @@ def test_process_exits_while_a_loader_has_workers(corpus, ending, persistent):
         assert proc.returncode == 1 and "simulated failure" in proc.stderr
     else:
         assert proc.returncode == 0, proc.stderr
+
+
+def test_dropping_a_part_consumed_epoch_ends_non_persistent_workers(corpus):
+    """The loader kept the torch iterator of the current epoch (for the exit hook) after its generator was dropped
+    part-way (the trainer's ``del it`` at an epoch end with batches left over, or at max_update): workers without
+    ``persistent_workers`` then stayed alive, holding their prefetched batches, through validation."""
+    loader = build_loader(AudioDataset(load_manifest(corpus)),
+                          LoaderConfig(max_tokens=2000, num_workers=1, persistent_workers=False))
+    assert len(loader) > 2
+    it = iter(loader)
+    next(it)
+    assert len(multiprocessing.active_children()) == 1
+    del it
+    gc.collect()
+    assert loader._batches is None and loader._loader._iterator is None
+    for _ in range(100):  # (the worker exits shortly after it is told to)
+        if not multiprocessing.active_children():
+            break
+        time.sleep(0.05)
+    assert multiprocessing.active_children() == []

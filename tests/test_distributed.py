@@ -232,3 +232,31 @@ def test_a_run_that_fails_before_training_ends_its_process_group(tiny_corpus, tm
     for rank in (0, 1):
         got = torch.load(tmp_path / f"early{rank}.pt", weights_only=True)
         assert got == {"status": 2, "initialized": False}
+
+
+def _inference_error_worker(rank: int, port: int, out_dir: str) -> None:
+    """One rank of ``torchrun inference.py`` (in-process) whose run fails after the process group was initialised."""
+    import sys
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    import inference
+
+    status = inference.main(["--w2v_path", os.path.join(out_dir, "missing.pt"), "--data", out_dir, "--output_dir",
+                             os.path.join(out_dir, "out"), "--cpu", "--batch_size", "1"])
+    torch.save({"status": status, "initialized": dist.is_initialized()}, os.path.join(out_dir, f"inf{rank}.pt"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def test_an_inference_run_that_fails_after_set_up_ends_its_process_group(tmp_path):
+    """As train.py: inference.py's errors after init_distributed (here a missing checkpoint) returned 2 with the
+    process group still alive, gloo's threads left to interpreter finalisation."""
+    mp.spawn(_inference_error_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"inf{rank}.pt", weights_only=True)
+        assert got == {"status": 2, "initialized": False}

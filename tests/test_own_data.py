@@ -141,3 +141,39 @@ def test_a_byte_order_mark_is_not_part_of_a_filelist_root_or_the_first_label(tmp
     manifest = load_manifest(tmp_path / "l.tsv")
     assert str(manifest.root) == str(tmp_path)
     assert load_labels(tmp_path / "l.ltr", manifest).lines[0] == "É L È V E |"
+
+
+def test_convert_to_wav_into_a_folder_inside_its_input_does_not_convert_its_own_outputs(tmp_path):
+    """A rerun (say, after an interruption) with --dest_dir inside --input_dir found the WAV outputs of the first
+    run among the inputs and converted them again one level deeper, a new level each run."""
+    src = tmp_path / "raw"
+    (src / "spk").mkdir(parents=True)
+    sf.write(str(src / "spk" / "a.wav"), _sine(2205, 22050), 22050, subtype="PCM_16")
+    (src / "spk" / "spk.trans.txt").write_text("a HELLO\n")
+    dst = src / "wav16"
+    for _ in range(2):
+        assert convert_to_wav.main(["--input_dir", str(src), "--dest_dir", str(dst), "--target_sr", "16000",
+                                    "--jobs", "1"]) == 0
+    assert sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()) == [
+        "spk/a.wav", "spk/spk.trans.txt", "wav16/spk/a.wav", "wav16/spk/spk.trans.txt"]
+    jobs, skipped = convert_to_wav.plan_jobs(str(src), str(dst), ["wav", "flac"], 16000, False)
+    assert (jobs, skipped) == ([], 1)
+
+
+def test_text_labels_refuses_a_table_with_more_columns_and_keeps_the_dots_of_a_key_without_extension(tmp_path):
+    """LJSpeech's metadata ('id|text|normalised text') was split at the first '|' and the two text columns joined
+    into one doubled transcript, silently; a key without extension lost its name after a dot ('spk1.take2' ->
+    'spk1'), so two takes collided ('already has a transcript')."""
+    (tmp_path / "m.tsv").write_text(f"{tmp_path}\nLJ001-0001.wav\t16000\nspk1.take2.wav\t16000\n"
+                                    "spk1.take3.wav\t16000\n", encoding="utf-8")
+    (tmp_path / "t.csv").write_text("LJ001-0001|Printing, in|Printing in\nspk1.take2|a\nspk1.take3|b\n",
+                                    encoding="utf-8")
+    with pytest.raises(DataToolError, match=r"t\.csv:1: 3 '\|'-separated fields, expected 2"):
+        text_labels.make_labels(str(tmp_path / "m.tsv"), str(tmp_path / "t.csv"))
+    (tmp_path / "t.csv").write_text("LJ001-0001|Printing, in\nspk1.take2|a\nspk1.take3|b\n", encoding="utf-8")
+    wrd, _, unused = text_labels.make_labels(str(tmp_path / "m.tsv"), str(tmp_path / "t.csv"))
+    assert (wrd, unused) == (["PRINTING IN", "A", "B"], 0)
+    # an audio extension of any case is still ignored; a comma delimiter may occur in the transcript
+    (tmp_path / "t.csv").write_text("LJ001-0001.FLAC,Printing, in\nspk1.take2.wav,a\nspk1.take3,b\n", encoding="utf-8")
+    wrd, _, _ = text_labels.make_labels(str(tmp_path / "m.tsv"), str(tmp_path / "t.csv"), delimiter=",")
+    assert wrd == ["PRINTING IN", "A", "B"]

@@ -13,7 +13,8 @@ recordings becomes what training reads with ``--target_sr 16000``. ``*.trans.txt
 LibriSpeech filelist tools run unchanged with ``--extension wav`` (``EXT=wav``).
 
 Refused (an error, nothing written): ``--dest_dir`` equal to ``--input_dir`` (a WAV would be its own output),
-and two inputs that map to the same output (``a.flac`` and ``a.wav``). An existing output is kept unless
+and two inputs that map to the same output (``a.flac`` and ``a.wav``). A ``--dest_dir`` inside ``--input_dir``
+is not searched for inputs (a rerun would convert its own outputs again). An existing output is kept unless
 ``--overwrite``, except that one which is not mono at ``--target_sr`` (an earlier run without it) is converted
 again. Samples that resampling pushes beyond full scale are clipped to 16 bit; the files concerned are counted in
 a warning. Uses soundfile (no sox).
@@ -68,15 +69,27 @@ def output_is_current(dst: str, target_sr) -> bool:
     return info.samplerate == target_sr and info.channels == 1
 
 
+def _dest_inside(input_dir: str, dest_dir: str):
+    """``dest_dir`` relative to ``input_dir`` (POSIX) when it lies inside it, else None."""
+    try:
+        rel = os.path.relpath(os.path.realpath(dest_dir), os.path.realpath(input_dir)).replace(os.sep, "/")
+    except ValueError:  # (Windows: another drive)
+        return None
+    return None if rel == ".." or rel.startswith("../") or os.path.isabs(rel) else rel
+
+
 def plan_jobs(input_dir: str, dest_dir: str, extensions, target_sr, overwrite: bool) -> tuple:
-    """``(jobs, skipped)``: ``(src, dst, target_sr)`` for every file to convert, and the number kept as is."""
+    """``(jobs, skipped)``: ``(src, dst, target_sr)`` for every file to convert, and the number kept as is. A
+    ``dest_dir`` inside ``input_dir`` is not searched: its WAV files are outputs, not inputs."""
     if os.path.realpath(input_dir) == os.path.realpath(dest_dir):
         raise DataToolError(f"--dest_dir {dest_dir} is the input directory: choose another one (the converted WAV "
                             "files would replace, or be mistaken for, the originals)")
+    inside = _dest_inside(input_dir, dest_dir)
     sources = {}
     for ext in extensions:
         for rel in find_audio(input_dir, ext):
-            sources[rel] = ext
+            if inside is None or not rel.startswith(inside + "/"):
+                sources[rel] = ext
     outputs = {}
     for rel in sorted(sources):
         out_rel = os.path.splitext(rel)[0] + ".wav"
@@ -109,7 +122,11 @@ def main(argv=None) -> int:
         raise DataToolError(f"input directory {args.input_dir} does not exist")
     extensions = [e.lstrip(".").lower() for e in (args.extensions or DEFAULT_EXTENSIONS)]
     jobs, skipped = plan_jobs(args.input_dir, args.dest_dir, extensions, args.target_sr, args.overwrite)
+    inside = _dest_inside(args.input_dir, args.dest_dir)
     for dirpath, _, filenames in os.walk(args.input_dir):
+        rel_dir = os.path.relpath(dirpath, args.input_dir).replace(os.sep, "/")
+        if inside is not None and (rel_dir == inside or rel_dir.startswith(inside + "/")):
+            continue  # (the outputs' own copies)
         for name in filenames:
             if name.endswith(".trans.txt"):
                 rel = os.path.relpath(os.path.join(dirpath, name), args.input_dir)

@@ -6,7 +6,8 @@ Usage::
         [--delimiter '|'] [--case upper|lower|keep] [--keep-chars "'"] [--digits error|keep]
 
 ``FILE`` is UTF-8 text with one ``<audio file><DELIMITER><transcript>`` line per utterance (default delimiter
-``|``, split at its first occurrence; blank lines are skipped), e.g. ``élève 005.wav|L'élève a mangé.``. A line
+``|``, split at its first occurrence; a ``|`` or tab delimiter may occur only once per line, so a table with
+more columns, such as LJSpeech's ``id|text|normalised text``, is an error; blank lines are skipped), e.g. ``élève 005.wav|L'élève a mangé.``. A line
 is matched to the manifest entry with the same path relative to the manifest's root, or else the same file name,
 ignoring the extension and Unicode normalisation (so ``x.flac`` or ``x.WAV`` in the table still names the
 ``x.wav`` that ``utils.convert_to_wav`` made). Every manifest entry needs a transcript (an error names the first
@@ -39,9 +40,10 @@ import os
 import sys
 import unicodedata
 from collections import Counter
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from .common import DataToolError, read_lines, read_manifest, run_main, write_lines
+from .generate_filelist import AUDIO_EXTENSIONS
 
 APOSTROPHES = "\u2019\u2018\u02bc`\u00b4"
 NAMED = 5
@@ -109,11 +111,14 @@ def words_to_letters(words: str) -> str:
     return " ".join(" ".join(letters(w)) + " |" for w in words.split())
 
 
-def _stem(path: str) -> str:
+def _stem(path: str, extensions: Optional[Set[str]] = None) -> str:
+    """``path`` normalised, without its extension; with ``extensions`` (lower case, no dot) only one of those is
+    removed, so that a table key without an extension keeps the dots of its name (``spk1.take2``)."""
     path = _nfc(path.strip().replace("\\", "/"))
     while path.startswith("./"):
         path = path[2:]
-    return os.path.splitext(path)[0]
+    stem, ext = os.path.splitext(path)
+    return stem if extensions is None or ext[1:].lower() in extensions else path
 
 
 def read_table(path: str, delimiter: str) -> List[Tuple[str, str, int]]:
@@ -127,6 +132,11 @@ def read_table(path: str, delimiter: str) -> List[Tuple[str, str, int]]:
         key, sep, text = line.partition(delimiter)
         if not sep or not key.strip():
             raise DataToolError(f"{path}:{lineno}: expected '<audio file>{delimiter}<transcript>', got {line!r}")
+        if delimiter in ("|", "\t") and delimiter in text:  # (never text: a table with more columns)
+            raise DataToolError(f"{path}:{lineno}: {text.count(delimiter) + 2} {delimiter!r}-separated fields, "
+                                f"expected 2 ('<audio file>{delimiter}<transcript>'; a table with more columns, such "
+                                f"as LJSpeech's 'id|text|normalised text', would join them into one transcript): "
+                                f"keep the audio file and one transcript column")
         rows.append((key.strip(), text, lineno))
     if not rows:
         raise DataToolError(f"{path}: no transcripts")
@@ -137,8 +147,9 @@ def match(manifest_rel: List[str], rows: List[Tuple[str, str, int]], table: str)
     """For each manifest entry, the index of its row in ``rows``; and the number of rows left unused."""
     by_path: Dict[str, int] = {}
     by_name: Dict[str, List[int]] = {}
+    extensions = set(AUDIO_EXTENSIONS) | {os.path.splitext(rel)[1][1:].lower() for rel in manifest_rel}
     for i, (key, _, lineno) in enumerate(rows):
-        stem = _stem(key)
+        stem = _stem(key, extensions)
         if stem in by_path:
             raise DataToolError(f"{table}:{lineno}: {key!r} already has a transcript at line "
                                 f"{rows[by_path[stem]][2]}")

@@ -311,9 +311,13 @@ class AudioLoader:
         finally:
             gc.unfreeze()
         self._batches = batches  # (without persistent workers, only this generator holds the workers)
-        for batch in batches:
-            self.batch_in_epoch += 1
-            yield batch
+        try:
+            for batch in batches:
+                self.batch_in_epoch += 1
+                yield batch
+        finally:  # a generator dropped part-way (the trainer's ``del it``) lets non-persistent workers end, as before
+            if self._batches is batches:
+                self._batches = None
 
     def state_dict(self) -> Dict[str, Any]:
         """The position: epoch, batches consumed in it, and what identifies the batch plan."""
