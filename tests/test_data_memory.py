@@ -65,6 +65,11 @@ def test_workers_are_forked_with_the_collectors_objects_frozen(corpus):
     frozen = [batch["frozen"] for batch in loader]
     assert frozen and min(frozen) > 0  # the worker's collections skip the objects that existed at the fork
     assert gc.get_freeze_count() == 0  # ... and the parent collects as before
+    gc.freeze()  # a program that froze objects itself keeps its freeze
+    try:
+        assert [batch["frozen"] for batch in loader] and gc.get_freeze_count() > 0  # (not unfrozen: 0)
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.parametrize("ending,persistent", [("return", True), ("raise", True), ("raise", False)])

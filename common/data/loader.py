@@ -304,12 +304,16 @@ class AudioLoader:
         self.batch_in_epoch = start
         # Workers are forked when the first iteration starts. Objects tracked by the garbage collector at that moment
         # (the trainer's, torch's) would have their headers written by every collection in every worker, copying
-        # their pages into it; frozen, the workers' collections skip them. The parent unfreezes at once.
-        gc.freeze()
+        # their pages into it; frozen, the workers' collections skip them. The parent unfreezes at once (unless the
+        # program had frozen objects itself: its freeze is left as it was).
+        ours = gc.get_freeze_count() == 0
+        if ours:
+            gc.freeze()
         try:
             batches = iter(self._loader)
         finally:
-            gc.unfreeze()
+            if ours:
+                gc.unfreeze()
         self._batches = batches  # (without persistent workers, only this generator holds the workers)
         try:
             for batch in batches:
