@@ -181,6 +181,22 @@ def test_worker_count_is_capped_at_usable_cpus_and_batches(monkeypatch):
     assert usable_workers(6) == 3
 
 
+def test_the_summary_says_when_fewer_workers_start_than_asked(corpus, monkeypatch):
+    """--num_workers 6 on a machine that lets this process use 2 CPUs: the printed summary says 2 workers start and
+    why (silently fewer workers shows only as a lower throughput); as many as asked: nothing is added."""
+    import os
+
+    import common.data.loader as loader_module
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(loader_module, "_cgroup_cpu_limit", lambda: None)
+    def summary(workers):
+        return build_loader(AudioDataset(load_manifest(corpus / "train.tsv")), _cfg(num_workers=workers)).summary
+
+    assert "; 2 loader workers per rank (--num_workers 6, capped" in summary(6).describe()
+    assert "loader workers" not in summary(2).describe()
+
+
 def test_cgroup_cpu_quota_is_read_from_v2_and_v1_files(tmp_path):
     """The quota in the process's own cgroup wins; "max" / -1 mean no quota; unreadable files mean no quota."""
     from common.data.loader import _cgroup_cpu_limit

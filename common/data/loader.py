@@ -204,6 +204,8 @@ class DataSummary:
     min_input_samples: Optional[int] = None  # the feature extractor's input for one frame, when known
     skipped_no_frames: int = 0  # skipped for being shorter than min_input_samples
     ctc_infeasible: int = 0  # kept, with a transcript longer than CTC can align in their frames
+    workers: Optional[int] = None  # loader worker processes per rank (usable_workers)
+    workers_requested: Optional[int] = None  # --num_workers
 
     def describe(self) -> str:
         no_frames = (f"{self.skipped_no_frames} skipped (< {self.min_input_samples} samples: too short for the model), "
@@ -215,6 +217,10 @@ class DataSummary:
             f"{no_frames}{self.skipped_long} skipped (> max_tokens), {self.kept} kept "
             f"({self.longer_than_max_sample_size} longer than max_sample_size{ctc}), {self.batches} batches = "
             f"{self.batches_per_rank} per rank x {self.world_size} ranks"
+            + (f"; {self.workers} loader workers per rank (--num_workers {self.workers_requested}, capped at the CPUs "
+               f"this process may use and at its batches)"
+               if self.workers is not None and self.workers_requested is not None
+               and self.workers < self.workers_requested else "")
         )
 
 
@@ -474,6 +480,8 @@ def build_loader(dataset: AudioDataset, config: LoaderConfig, world_size: int = 
         min_input_samples=min_samples,
         skipped_no_frames=len(no_frames),
         ctc_infeasible=ctc_infeasible,
+        workers=usable_workers(config.num_workers, len(groups) // max(1, world_size)),
+        workers_requested=config.num_workers,
     )
     logger.info("%s", summary.describe())
     sampler = ShardedBatchSampler(groups, world_size, rank, config.seed, config.shuffle)
