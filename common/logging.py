@@ -334,9 +334,11 @@ def read_dllogger_log(path: str) -> List[Dict[str, Any]]:
             if not line.startswith(DLLL_PREFIX.strip()):
                 continue
             try:
-                records.append(json.loads(line[len(DLLL_PREFIX.strip()):].strip()))
+                record = json.loads(line[len(DLLL_PREFIX.strip()):].strip())
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict):  # (a stray "DLLL [1, 2]" line is no record)
+                records.append(record)
     return records
 
 

@@ -128,7 +128,8 @@ done
 echo "== curves"
 for stage in pretrain finetune; do
     if [ -f "$RESULTS_DIR/$stage/nvlog.json" ]; then
-        "$PYTHON" -m common.plotting "$RESULTS_DIR/$stage/nvlog.json" --out "$RESULTS_DIR/plots/$stage" || true
+        "$PYTHON" -m common.plotting "$RESULTS_DIR/$stage/nvlog.json" --out "$RESULTS_DIR/plots/$stage" \
+            --csv "$RESULTS_DIR/plots/$stage/curves.csv" || true
     fi
 done
 

@@ -76,7 +76,7 @@ def test_write_and_parse_back(tmp_path):
 
 def test_parse_skips_truncated_and_foreign_lines(tmp_path):
     path = tmp_path / "log.json"
-    path.write_text('DLLL {"type": "LOG", "step": [1], "data": {"x": 1}}\nnot a record\nDLLL {"type": "LO')
+    path.write_text('DLLL {"type": "LOG", "step": [1], "data": {"x": 1}}\nnot a record\nDLLL [1, 2]\nDLLL {"type": "LO')
     assert read_dllogger_log(str(path)) == [{"type": "LOG", "step": [1], "data": {"x": 1}}]
 
 
