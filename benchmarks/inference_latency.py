@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common.distributed import synchronize  # noqa: E402
+from common.progress import Progress  # noqa: E402
 from wav2vec2 import Wav2Vec2ForCTC, preset  # noqa: E402
 from wav2vec2.checkpoint import hf_config, hf_state_dict  # noqa: E402
 
@@ -89,8 +90,9 @@ def check_same_outputs(models: Dict[str, torch.nn.Module], x: torch.Tensor) -> f
     return float((a - b).abs().max())
 
 
-def time_alternating(models: Dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, warmup: int
-                     ) -> Dict[str, List[float]]:
+def time_alternating(models: Dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, warmup: int,
+                     progress: Optional[Progress] = None) -> Dict[str, List[float]]:
+    """``progress``: advanced by one per forward (outside the timed region), closed at the end."""
     fns = {tag: forward_fn(tag, m, x) for tag, m in models.items()}
     times: Dict[str, List[float]] = {tag: [] for tag in fns}
     with torch.inference_mode():
@@ -103,6 +105,10 @@ def time_alternating(models: Dict[str, torch.nn.Module], x: torch.Tensor, repeat
                 dt = time.perf_counter() - t
                 if i >= warmup:
                     times[tag].append(dt)
+                if progress is not None:
+                    progress.update(1)
+    if progress is not None:
+        progress.close()
     return times
 
 
@@ -120,6 +126,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--bf16", action="store_true", help="also time ours and HF under BF16 autocast")
     p.add_argument("--cuda_graphs", action="store_true", help="also time ours replayed from CUDA graphs (CUDA only)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--progress_interval", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between progress lines (forwards timed) on stderr")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -150,7 +159,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"[{name}] ours vs HF max |logit diff| on 1 s of noise: {diff:.2e}")
         for bsz in args.batch_sizes:
             x = (0.1 * torch.randn(bsz, args.samples, generator=gen)).to(device)
-            times = time_alternating(models, x, args.repeats, args.warmup)
+            prog = Progress(total=(args.warmup + args.repeats) * len(models), desc=f"[{name}] batch {bsz}",
+                            unit="forwards", interval_s=args.progress_interval, enabled=not args.quiet)
+            times = time_alternating(models, x, args.repeats, args.warmup, prog)
             med = {tag: statistics.median(v) for tag, v in times.items()}
             row = {"preset": name, "batch_size": bsz, "samples": args.samples, "repeats": args.repeats,
                    "threads": args.threads,

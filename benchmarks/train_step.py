@@ -23,6 +23,7 @@ import torch
 
 from common.distributed import synchronize
 from common.peak_flops import matmul_dtype, matmul_flops
+from common.progress import Progress
 from common.optim import OptimizerConfig, build_optimizer, clear_gradients
 from wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2Model, preset
 from wav2vec2.checkpoint import hf_config, hf_state_dict
@@ -135,6 +136,9 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=15.6, help="utterance length (all equal, as cropped pretraining batches)")
     p.add_argument("--steps", type=int, default=6, help="measured steps per model (after 2 warm-up steps)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--progress_interval", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between progress lines on stderr")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--bf16", action="store_true", help="ours under BF16 autocast (HF stays FP32 unless --hf-bf16)")
     p.add_argument("--hf-bf16", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
@@ -197,10 +201,14 @@ def main(argv=None) -> int:
         step_ours()
         print(f"compiled {n} transformer layers; first step (compiling) {time.perf_counter() - t0:.1f} s")
 
+    # progress on stderr (steps of ours + HF; the results go to stdout), printed outside the timed region
+    prog = Progress(total=2 + args.steps, desc="train_step: warm-up", unit="steps",
+                    interval_s=args.progress_interval, enabled=not args.quiet)
     for _ in range(2):
         step_ours()
         if hf is not None:
             step_hf()
+        prog.update(1)
     times_ours, times_hf = [], []
     peak = {}
     for _ in range(args.steps):
@@ -216,6 +224,8 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t0)
             if device.type == "cuda":
                 peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated(device))
+        prog.update(1, desc="train_step: timed")
+    prog.close()
     rate = matmul_flops(device, matmul_dtype(bf16=args.bf16), budget_s=1.0)
     med = statistics.median(times_ours)
     frames = args.batch * int(ours_frames(ours, x))

@@ -39,6 +39,7 @@ from __future__ import annotations
 import array
 import gzip
 import io
+import itertools
 import logging
 import math
 import os
@@ -64,6 +65,29 @@ DICT_INDEX_LIMIT = 500_000
 FLOAT64_LIMIT = 20_000_000
 _CHUNK = 1 << 20
 _CACHE_LIMIT = 2_000_000
+PROGRESS_INTERVAL_S = 10.0  # seconds between progress lines (estimate, write_arpa, load_arpa and the CLI)
+_PROGRESS_STEP = 1 << 16  # items between two progress updates of the estimation and the ARPA writer
+
+
+def _progress(enabled: bool, interval_s: float, **kwargs):
+    """A :class:`common.progress.Progress` on stderr, or None when progress is off."""
+    if not enabled:
+        return None
+    from common.progress import Progress
+
+    return Progress(interval_s=interval_s, **kwargs)
+
+
+def _chunks(items: Iterable, n: Optional[int] = None) -> Iterator[list]:
+    """``items`` in lists of ``n`` (default ``_PROGRESS_STEP``; the last one shorter), to report progress between
+    them."""
+    n = n or _PROGRESS_STEP
+    it = iter(items)
+    while True:
+        part = list(itertools.islice(it, n))
+        if not part:
+            return
+        yield part
 
 State = Tuple[int, ...]
 
@@ -285,11 +309,15 @@ class NGramLM:
     # ---------------------------------------------------------------------------------------------- estimation
     @classmethod
     def estimate(cls, sentences: Iterable[Sequence[str] | str], order: int = 4,
-                 discount: Optional[float] = None) -> "NGramLM":
+                 discount: Optional[float] = None, progress: bool = False,
+                 progress_interval: float = PROGRESS_INTERVAL_S) -> "NGramLM":
         """Interpolated modified Kneser-Ney estimate from sentences (word sequences or whitespace-separated
         strings). ``discount`` (0 < D < 1): one absolute discount for every count and order instead (plain
         interpolated Kneser-Ney; used by the hand-computed tests). Everything is held in memory (Python dicts):
-        fine for transcripts up to a few million words; use KenLM's ``lmplz`` for larger text."""
+        fine for transcripts up to a few million words; use KenLM's ``lmplz`` for larger text. ``progress``:
+        progress lines on stderr every ``progress_interval`` s: sentences counted (with an ETA when
+        ``sentences`` has a length), then n-grams processed by the estimation's four passes (remap, adjusted
+        counts, probabilities, tables) with an ETA."""
         if order < 1:
             raise ValueError(f"order must be >= 1, got {order}")
         if discount is not None and not 0.0 < discount < 1.0:
@@ -298,6 +326,8 @@ class NGramLM:
         bos, eos = 1, 2
         counts: List[Counter] = [Counter() for _ in range(order)]
         n_sent = 0
+        total = len(sentences) if hasattr(sentences, "__len__") else None  # type: ignore[arg-type]
+        prog = _progress(progress, progress_interval, total=total, desc="counting n-grams", unit="sentences")
         for sent in sentences:
             words = sent.split() if isinstance(sent, str) else list(sent)
             toks = [bos]
@@ -313,22 +343,50 @@ class NGramLM:
             for k in range(1, order + 1):
                 if len(toks) >= k:
                     counts[k - 1].update(zip(*[toks[i:] for i in range(k)]))
+            if prog is not None and not n_sent % 4096:
+                prog.update_to(n_sent)
+        if prog is not None:
+            prog.update_to(n_sent)
+            prog.close()
         if n_sent == 0:
             raise ValueError("no text to estimate a language model from")
         # vocabulary in a stable order: specials, then words sorted
         words_sorted = sorted(w for w in index if w not in (UNK, BOS, EOS))
         vocab = [UNK, BOS, EOS] + words_sorted
         remap = {index[w]: i for i, w in enumerate(vocab)}
-        counts = [Counter({tuple(remap[t] for t in g): c for g, c in ck.items()}) for ck in counts]
+        # the passes below each visit every n-gram once: 4 x the n-gram count is the work the progress line counts
+        n_grams = sum(len(ck) for ck in counts)
+        prog = _progress(progress, progress_interval, total=4 * n_grams, desc="estimating: remapping",
+                         unit="n-grams")
+
+        def advance(n: int, desc: str) -> None:
+            if prog is not None:
+                prog.update(n, desc=f"estimating: {desc}")
+
+        remapped: List[Counter] = []
+        for k, ck in enumerate(counts, start=1):
+            new: Dict[Tuple[int, ...], int] = {}
+            for part in _chunks(ck.items()):
+                new.update({tuple(remap[t] for t in g): c for g, c in part})
+                advance(len(part), f"remapping {k}-grams")
+            remapped.append(Counter(new))
+        counts = remapped
         bos, eos = 1, 2
         V = len(vocab)
 
         # adjusted counts: highest order and <s>-initial n-grams keep counts, others continuation counts
         adjusted: List[Dict[Tuple[int, ...], int]] = [dict() for _ in range(order)]
         adjusted[order - 1] = dict(counts[order - 1])
+        advance(len(counts[order - 1]), f"adjusted counts of {order}-grams")
         for k in range(order - 1, 0, -1):  # order k (index k-1) from order k+1
-            cont = Counter(g[1:] for g in counts[k])
-            adjusted[k - 1] = {g: (c if g[0] == bos else cont[g]) for g, c in counts[k - 1].items()}
+            cont: Counter = Counter()
+            for part in _chunks(counts[k]):
+                cont.update(g[1:] for g in part)
+            adj_k: Dict[Tuple[int, ...], int] = {}
+            for part in _chunks(counts[k - 1].items()):
+                adj_k.update({g: (c if g[0] == bos else cont[g]) for g, c in part})
+                advance(len(part), f"adjusted counts of {k}-grams")
+            adjusted[k - 1] = adj_k
         adjusted[0].pop((bos,), None)
 
         discounts = []
@@ -346,10 +404,12 @@ class NGramLM:
             d1, d2, d3 = discounts[k - 1]
             denom: Dict[Tuple[int, ...], float] = {}
             mass: Dict[Tuple[int, ...], float] = {}
-            for g, a in adj.items():
-                h = g[:-1]
-                denom[h] = denom.get(h, 0.0) + a
-                mass[h] = mass.get(h, 0.0) + (d1 if a == 1 else d2 if a == 2 else d3)
+            for part in _chunks(adj.items()):
+                for g, a in part:
+                    h = g[:-1]
+                    denom[h] = denom.get(h, 0.0) + a
+                    mass[h] = mass.get(h, 0.0) + (d1 if a == 1 else d2 if a == 2 else d3)
+                advance(len(part) // 2, f"probabilities of {k}-grams")
             gamma = {h: mass[h] / denom[h] for h in denom}
             pk: Dict[Tuple[int, ...], float] = {}
             if k == 1:
@@ -363,10 +423,12 @@ class NGramLM:
                     pk[(w,)] = alpha + g0 * uniform
             else:
                 lower = prob[k - 2]
-                for g, a in adj.items():
-                    h = g[:-1]
-                    alpha = max(a - (d1 if a == 1 else d2 if a == 2 else d3), 0.0) / denom[h]
-                    pk[g] = alpha + gamma[h] * lower[g[1:]]
+                for part in _chunks(adj.items()):
+                    for g, a in part:
+                        h = g[:-1]
+                        alpha = max(a - (d1 if a == 1 else d2 if a == 2 else d3), 0.0) / denom[h]
+                        pk[g] = alpha + gamma[h] * lower[g[1:]]
+                    advance(len(part) // 2, f"probabilities of {k}-grams")
                 for h, gm in gamma.items():
                     bow[k - 2][h] = gm
             prob.append(pk)
@@ -380,16 +442,24 @@ class NGramLM:
         for (w,), b in bow[0].items():
             b1[w] = math.log10(b)
         tables.append(_Table(np.arange(V, dtype=np.int64), p1, b1, dense=True))
+        advance(len(counts[0]), "tables of 1-grams")
         rowmap: Dict[Tuple[int, ...], int] = {(w,): w for w in range(V)}
         for k in range(2, order + 1):
             grams = list(prob[k - 1])
             keys = np.fromiter((rowmap[g[:-1]] * V + g[-1] for g in grams), dtype=np.int64, count=len(grams))
             perm = np.argsort(keys, kind="stable")
             grams = [grams[i] for i in perm]
+            advance(len(grams) // 4, f"tables of {k}-grams")
             pk = np.array([math.log10(prob[k - 1][g]) for g in grams], dtype=np.float64)
+            advance(len(grams) // 4, f"tables of {k}-grams")
             bk = np.array([math.log10(bow[k - 1][g]) if g in bow[k - 1] else 0.0 for g in grams], dtype=np.float64)
+            advance(len(grams) // 4, f"tables of {k}-grams")
             tables.append(_Table(keys[perm], pk, bk))
             rowmap = {g: i for i, g in enumerate(grams)}
+            advance(len(grams) // 4, f"tables of {k}-grams")
+        if prog is not None:
+            prog.update_to(prog.total, desc="estimating: done")
+            prog.close()
         return cls(vocab, tables, source="<estimated>", discounts=discounts)
 
     # ---------------------------------------------------------------------------------------------- ARPA out
@@ -401,9 +471,12 @@ class NGramLM:
         prefix = self.ngram_rows(k - 1)
         return np.concatenate([prefix[t.keys // self.V], (t.keys % self.V)[:, None]], axis=1)
 
-    def write_arpa(self, path: str) -> None:
+    def write_arpa(self, path: str, progress: bool = False, progress_interval: float = PROGRESS_INTERVAL_S) -> None:
         """Write the standard ARPA format (log10 probabilities, backoffs where not 0); values are written with
-        ``repr`` so that reading the file back gives bit-identical scores. ``.gz`` paths are gzip-compressed."""
+        ``repr`` so that reading the file back gives bit-identical scores. ``.gz`` paths are gzip-compressed.
+        ``progress``: n-grams written, rate and ETA on stderr every ``progress_interval`` s."""
+        prog = _progress(progress, progress_interval, total=sum(t.n for t in self.tables), desc=f"writing {path}",
+                         unit="n-grams")
         opener = (lambda: io.TextIOWrapper(gzip.open(path, "wb"), encoding="utf-8")) if path.endswith(".gz") \
             else (lambda: open(path, "w", encoding="utf-8"))
         with opener() as fh:
@@ -425,11 +498,17 @@ class NGramLM:
                         lines.append(f"{ps}\t{text}\t{repr(float(bow[i]))}\n")
                     else:
                         lines.append(f"{ps}\t{text}\n")
-                    if len(lines) >= 65536:
+                    if len(lines) >= _PROGRESS_STEP:
                         fh.write("".join(lines))
+                        if prog is not None:
+                            prog.update(len(lines))
                         lines.clear()
                 fh.write("".join(lines))
+                if prog is not None:
+                    prog.update(len(lines))
             fh.write("\n\\end\\\n")
+        if prog is not None:
+            prog.close()
 
     # ---------------------------------------------------------------------------------------------- ARPA in
     @classmethod
@@ -521,7 +600,8 @@ class _ArpaReader:
         if self.show_progress:
             from common.progress import Progress
 
-            self.progress = Progress(total=sum(expected.values()), desc=f"reading {self.path}", unit="n-grams")
+            self.progress = Progress(total=sum(expected.values()), desc=f"reading {self.path}", unit="n-grams",
+                                     interval_s=PROGRESS_INTERVAL_S)
         vocab: List[str] = []
         index: Dict[str, int] = {}
         tables: List[_Table] = []
@@ -753,7 +833,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--skip_invalid", action="store_true",
                         help="leave words with letters missing from the dictionary out of the lexicon (warning) "
                              "instead of stopping")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--progress_interval", type=float, default=PROGRESS_INTERVAL_S, metavar="SECONDS",
+                        help="seconds between progress lines on stderr (reading the text, counting, estimating, "
+                             "writing the ARPA file)")
     args = parser.parse_args(argv)
+    import time
+
+    t_start = time.monotonic()
+    show = not args.quiet
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from common.ctc_decoder import LexiconError, letter_spelling
 
@@ -774,10 +862,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if w not in (BOS, EOS, UNK):
                     first_seen.setdefault(w, (args.from_arpa, lineno))
         else:
+            prog = _progress(show, args.progress_interval, desc="reading text", unit="lines")
             for words, f, lineno in _iter_text(args.text, args.uppercase):
                 sentences.append(words)
                 for w in words:
                     first_seen.setdefault(w, (f, lineno))
+                if prog is not None and not len(sentences) % 4096:
+                    prog.update_to(len(sentences))
+            if prog is not None:
+                prog.update_to(len(sentences))
+                prog.close()
         # the lexicon is checked before anything is written: a failure leaves no partial result in out_dir
         lines, skipped = [], []
         if symbols is not None:
@@ -794,9 +888,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 lines.append(f"{w}\t{' '.join(spelling)} |\n")
         os.makedirs(args.out_dir, exist_ok=True)
         if not args.from_arpa:
-            lm = NGramLM.estimate(sentences, order=args.order)
+            lm = NGramLM.estimate(sentences, order=args.order, progress=show, progress_interval=args.progress_interval)
             arpa = os.path.join(args.out_dir, "lm.arpa")
-            lm.write_arpa(arpa)
+            lm.write_arpa(arpa, progress=show, progress_interval=args.progress_interval)
             print(f"{arpa}: order {lm.order}, n-grams per order {lm.counts()}, {len(sentences)} sentences, "
                   f"{len(lm.vocab) - 3} words; discounts (D1, D2, D3+) per order: "
                   + ", ".join("(" + ", ".join(f"{d:.3f}" for d in ds) + ")" for ds in lm.discounts or []))
@@ -808,6 +902,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 LOG.warning("%d words left out of the lexicon (letters missing from %s), e.g. %s", len(skipped),
                             args.dict_path, ", ".join(skipped[:5]))
             print(f"{lex_path}: {len(lines)} words")
+        if show:
+            from common.progress import format_duration
+
+            print(f"done in {format_duration(time.monotonic() - t_start)}", file=sys.stderr)
     except (ARPAError, LexiconError, ValueError, FileNotFoundError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

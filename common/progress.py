@@ -97,7 +97,11 @@ class Progress:
         return self.total is not None and self.done >= self.total
 
     def _amount(self, value: float) -> str:
-        return f"{value / self.scale:.1f}" if self.scale != 1 else f"{value:g}"
+        if self.scale != 1:
+            return f"{value / self.scale:.1f}"
+        if value == int(value):  # whole counts in full: "2975680", not "2.97568e+06"
+            return str(int(value))
+        return f"{value:g}" if abs(value) < 1e6 else f"{value:.0f}"
 
     def line(self) -> str:
         head = f"{self.desc}: " if self.desc else ""

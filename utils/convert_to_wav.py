@@ -30,6 +30,8 @@ from multiprocessing import Pool
 import numpy as np
 import soundfile as sf
 
+from common.progress import Progress, format_duration
+
 from .audio import resample, to_int16
 from .common import DataToolError, run_main
 from .generate_filelist import find_audio
@@ -117,6 +119,9 @@ def main(argv=None) -> int:
                    help="input file extension, case-insensitive; repeat for several (default: flac and wav)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--progress-interval", "--progress_interval", dest="progress_interval", type=float, default=10.0,
+                   metavar="SECONDS", help="seconds between progress lines (files converted, rate, ETA) on stderr")
     args = p.parse_args(argv)
     if not os.path.isdir(args.input_dir):
         raise DataToolError(f"input directory {args.input_dir} does not exist")
@@ -133,21 +138,21 @@ def main(argv=None) -> int:
                 os.makedirs(os.path.dirname(os.path.join(args.dest_dir, rel)), exist_ok=True)
                 shutil.copyfile(os.path.join(dirpath, name), os.path.join(args.dest_dir, rel))
     errors, clipped = [], []
+    prog = Progress(total=len(jobs), desc=f"convert_to_wav {args.input_dir}", unit="files",
+                    interval_s=args.progress_interval, enabled=not args.quiet)
     if jobs:
         with Pool(max(1, args.jobs)) as pool:
-            for i, msg in enumerate(pool.imap(convert_one, jobs, chunksize=8), start=1):
+            for msg in pool.imap(convert_one, jobs, chunksize=8):
                 if msg.startswith("error: "):
                     errors.append(msg[len("error: "):])
                 elif msg:
                     clipped.append(msg[len("clipped: "):])
-                if i % 100 == 0 or i == len(jobs):
-                    print(f"\rconverted {i}/{len(jobs)}", end="\n" if i == len(jobs) else "",
-                          file=sys.stderr, flush=True)
+                prog.update(1)
     if errors:
         raise DataToolError(f"{len(errors)} file(s) failed, first: {errors[0]}")
     if not jobs and not skipped:
         print(f"WARNING: no .{' / .'.join(extensions)} files found under {args.input_dir}", file=sys.stderr)
-    print(f"{len(jobs)} file(s) converted into {args.dest_dir}"
+    print(f"{len(jobs)} file(s) converted into {args.dest_dir} in {format_duration(prog.elapsed)}"
           + (f", {skipped} already there (kept; --overwrite redoes them)" if skipped else ""), file=sys.stderr)
     if clipped:
         print(f"WARNING: {len(clipped)} file(s) exceeded full scale after conversion and were clipped, first: "

@@ -42,6 +42,8 @@ import unicodedata
 from collections import Counter
 from typing import Dict, List, Optional, Set, Tuple
 
+from common.progress import Progress, format_duration
+
 from .common import DataToolError, read_lines, read_manifest, run_main, write_lines
 from .generate_filelist import AUDIO_EXTENSIONS
 
@@ -171,8 +173,10 @@ def match(manifest_rel: List[str], rows: List[Tuple[str, str, int]], table: str)
 
 
 def make_labels(tsv: str, transcripts: str, delimiter: str = "|", case: str = "upper", keep_chars: str = "'",
-                digits: str = "error") -> Tuple[List[str], List[str], int]:
-    """``(wrd_lines, ltr_lines, unused table rows)`` for the manifest ``tsv``."""
+                digits: str = "error", progress: bool = False,
+                progress_interval: float = 10.0) -> Tuple[List[str], List[str], int]:
+    """``(wrd_lines, ltr_lines, unused table rows)`` for the manifest ``tsv``. ``progress``: transcripts
+    normalised, rate and ETA on stderr every ``progress_interval`` s."""
     if "|" in keep_chars:
         raise DataToolError("--keep-chars cannot contain '|', the word separator of .ltr files")
     manifest = read_manifest(tsv)
@@ -185,15 +189,18 @@ def make_labels(tsv: str, transcripts: str, delimiter: str = "|", case: str = "u
                             f"{transcripts}: {named}" + (f" and {len(missing) - NAMED} more" if len(missing) > NAMED
                                                          else ""))
     wrd, ltr, errors = [], [], []
+    prog = Progress(total=len(chosen), desc=f"text_labels {tsv}", unit="transcripts", interval_s=progress_interval,
+                    enabled=progress)
     for i in chosen:
         _, text, lineno = rows[i]
         try:
             words = normalize_transcript(text, case, keep_chars, digits, where=f"{transcripts}:{lineno}")
         except DataToolError as exc:
             errors.append(str(exc))
-            continue
-        wrd.append(words)
-        ltr.append(words_to_letters(words))
+        else:
+            wrd.append(words)
+            ltr.append(words_to_letters(words))
+        prog.update(1)
     if errors:
         raise DataToolError(errors[0] if len(errors) == 1 else
                             f"{len(errors)} transcripts cannot be used; the first {min(len(errors), NAMED)}:\n  "
@@ -214,15 +221,22 @@ def main(argv=None) -> int:
                    help="punctuation kept inside words (default the apostrophe); other punctuation becomes a space")
     p.add_argument("--digits", choices=("error", "keep"), default="error",
                    help="digits in a transcript: an error naming the line (default), or kept as letters")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--progress-interval", "--progress_interval", dest="progress_interval", type=float, default=10.0,
+                   metavar="SECONDS", help="seconds between progress lines on stderr")
     args = p.parse_args(argv)
+    import time
+
+    t0 = time.monotonic()
     delimiter = "\t" if args.delimiter in ("\\t", "tab", "TAB") else args.delimiter
-    wrd, ltr, unused = make_labels(args.tsv, args.transcripts, delimiter, args.case, args.keep_chars, args.digits)
+    wrd, ltr, unused = make_labels(args.tsv, args.transcripts, delimiter, args.case, args.keep_chars, args.digits,
+                                   progress=not args.quiet, progress_interval=args.progress_interval)
     base = os.path.join(args.output_dir, args.output_name)
     write_lines(base + ".wrd", wrd)
     write_lines(base + ".ltr", ltr)
     alphabet = Counter(tok for line in ltr for tok in line.split())
     print(f"{base}.wrd/.ltr: {len(wrd)} utterances, {len(alphabet)} symbols: "
-          + " ".join(sorted(alphabet)), file=sys.stderr)
+          + " ".join(sorted(alphabet)) + f" ({format_duration(time.monotonic() - t0)})", file=sys.stderr)
     if unused:
         print(f"WARNING: {unused} line(s) of {args.transcripts} match no file of {args.tsv} "
               "(expected when the table also lists other splits)", file=sys.stderr)
