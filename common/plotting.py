@@ -130,8 +130,8 @@ class LogReport:
         if self.replaced:
             out.append(f"{self.replaced} point(s) logged twice at the same x: the later record kept")
         if self.jobs > 1:
-            out.append(f"{self.jobs} jobs; per-interval records start at x="
-                       + ", ".join(f"{x:g}" for x in self.job_starts))
+            starts = ", ".join(f"{x:g}" for x in self.job_starts)
+            out.append(f"{self.jobs} jobs" + (f"; per-interval records start at x={starts}" if starts else ""))
         for job in range(1, len(self.parameters)):
             before, after = self.parameters[job - 1], self.parameters[job]
             changed = [k for k in after if k in before and before[k] != after[k]]
@@ -316,16 +316,17 @@ def _resolve(path: str) -> str:
 
 
 def run_labels(paths: Sequence[str]) -> List[str]:
-    """Short distinct names for logs: the fewest trailing directory names that tell them apart (the file name too
-    when the logs' file names differ), e.g. ``lr5e-4`` and ``lr1e-3`` for ``runs/lr5e-4/nvlog.json`` and
-    ``runs/lr1e-3/nvlog.json``."""
+    """Short distinct names for logs: the fewest trailing directory names that tell them apart, e.g. ``lr5e-4`` and
+    ``lr1e-3`` for ``runs/lr5e-4/nvlog.json`` and ``runs/lr1e-3/nvlog.json`` (also when the file names differ:
+    ``runs/a/nvlog.json`` and ``runs/b/nvlog.json.1`` are ``a`` and ``b``); with the file name only when the
+    directories cannot tell them apart (``nvlog.json`` and ``nvlog.json.1`` of one run directory)."""
     absolute = [os.path.abspath(p) for p in paths]
-    same_name = len({os.path.basename(p) for p in absolute}) == 1
-    parts = [[q for q in (os.path.dirname(p) if same_name else p).split(os.sep) if q] for p in absolute]
-    for k in range(1, max((len(p) for p in parts), default=1) + 1):
-        labels = ["/".join(p[-k:]) or os.path.basename(a) for p, a in zip(parts, absolute)]
-        if len(set(labels)) == len(labels):
-            return labels
+    dirs = [[q for q in os.path.dirname(p).split(os.sep) if q] for p in absolute]
+    for parts in (dirs, [d + [os.path.basename(p)] for d, p in zip(dirs, absolute)]):
+        for k in range(1, max((len(p) for p in parts), default=1) + 1):
+            labels = ["/".join(p[-k:]) or os.path.basename(a) for p, a in zip(parts, absolute)]
+            if len(set(labels)) == len(labels):
+                return labels
     return [f"{i + 1}:{p}" for i, p in enumerate(paths)]  # the same file given twice
 
 
@@ -520,7 +521,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("note: the runs' x axes differ (update vs epoch): their curves are not aligned", file=sys.stderr)
     if args.csv is not None:
         if args.csv == "-":
-            write_csv(runs, sys.stdout)
+            try:
+                write_csv(runs, sys.stdout)
+                sys.stdout.flush()
+            except BrokenPipeError:  # the reader went away (``--csv - | head``): not an error of this run
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail
         else:
             os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
             write_csv(runs, args.csv)
@@ -535,6 +540,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     for path in written:
         print(path, file=sys.stderr if args.csv == "-" else sys.stdout)  # stdout holds the CSV
+    if not written:  # metrics, but none of a plotted group (e.g. only ntokens): say so, as for an empty log
+        print("no plottable metrics found in " + ", ".join(paths) + f" (groups: {','.join(GROUPS)})", file=sys.stderr)
+        return 0 if args.csv is not None else 1
     return 0
 
 

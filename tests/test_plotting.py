@@ -213,6 +213,11 @@ def test_run_labels_are_the_shortest_distinct_path_suffixes():
     assert run_labels(["x/a/pretrain/nvlog.json", "x/b/pretrain/nvlog.json"]) == ["a/pretrain", "b/pretrain"]
     assert run_labels(["r/nvlog.json", "r/nvlog.json.1"]) == ["nvlog.json", "nvlog.json.1"]
     assert run_labels(["r/nvlog.json"]) == ["r"]
+    # different file names in different run directories: still named by their directories (the documented rule),
+    # not "nvlog.json" vs "nvlog.json.1", which names neither run
+    assert run_labels(["runs/a/nvlog.json", "runs/b/nvlog.json.1"]) == ["a", "b"]
+    assert run_labels(["x/a/nvlog.json", "x/a/nvlog.json.1", "x/b/nvlog.json"]) == [
+        "a/nvlog.json", "a/nvlog.json.1", "b/nvlog.json"]
 
 
 def test_inference_and_console_logs_get_a_clear_message(tmp_path, capsys):
@@ -221,6 +226,11 @@ def test_inference_and_console_logs_get_a_clear_message(tmp_path, capsys):
     assert plot_main([infer, "--out", str(tmp_path / "p")]) == 1
     err = capsys.readouterr().err
     assert "no training records" in err and "eval_wer=4.29" in err
+    twice = _write(tmp_path / "infer2" / "nvlog_infer.json", 2 * (_params(w2v_path="m.pt")  # two appended runs
+                                                                   + [_line([], {"eval_wer": 4.29})]))
+    assert plot_main([twice, "--out", str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err
+    assert "2 jobs" in err and "start at x=\n" not in err  # no empty list of per-interval starts
     stdout_log = tmp_path / "train.log"
     stdout_log.write_text("DLL 2026-01-01 00:00:00.000 - epoch    1 | iter  10/500 |  loss  6.100\n")
     assert plot_main([str(stdout_log), "--out", str(tmp_path / "p")]) == 1
@@ -233,3 +243,28 @@ def test_log_axis_only_when_every_value_is_positive():
     assert not _log_axis("lr", [1e-4, 0.0], ("lr",))  # a schedule ending at 0: a log axis would hide it
     assert not _log_axis("loss", [1.0, 2.0], ("lr",))
     assert _smoothed([1.0, 2.0, float("nan"), 4.0], 2) == [1.0, 1.5, 2.0, 4.0]
+
+
+def test_csv_on_stdout_piped_into_a_reader_that_stops_early(tmp_path):
+    """``--csv - | head``: the reader closing the pipe ends the command quietly (exit 0, no traceback), as for any
+    Unix filter (the CSV is larger than a pipe's buffer, so the write does meet the closed pipe)."""
+    import subprocess
+    import sys
+
+    path = _write(tmp_path / "run" / "nvlog.json", [_train(u, 5.0, train_grad_norm=1.0) for u in range(1, 3001)])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = f"'{sys.executable}' -m common.plotting '{path}' --csv - --no_plots | head -c 0"
+    res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, cwd=root,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0 and "Traceback" not in res.stderr and "Broken pipe" not in res.stderr, res.stderr
+
+
+def test_a_log_without_any_plotted_metric_says_so(tmp_path, capsys):
+    """Records, but none of a plotted group (only ntokens): "no plottable metrics" and status 1, as for an empty
+    log (not a silent status 0 with nothing written); with --csv the CSV is still the result (status 0)."""
+    pytest.importorskip("matplotlib")
+    path = _write(tmp_path / "run" / "nvlog.json", [_line([1, 1, 10], {"train_ntokens": 5.0, "train_update": 1})])
+    assert plot_main([path, "--out", str(tmp_path / "p")]) == 1
+    assert "no plottable metrics" in capsys.readouterr().err
+    assert plot_main([path, "--out", str(tmp_path / "p"), "--csv", str(tmp_path / "c.csv")]) == 0
+    assert "ntokens" in (tmp_path / "c.csv").read_text()

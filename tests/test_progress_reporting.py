@@ -119,6 +119,17 @@ def test_inference_latency_counts_forwards_outside_the_timing():
     assert lines[0].startswith("[tiny] batch 1: 1/6 (16.7%)") and lines[-1].startswith("[tiny] batch 1: 6/6 (100.0%)")
     assert len(lines) == 2  # a fake clock standing still: first and last line only
 
+    class SlowProgress(Progress):  # a progress line that takes 50 ms to write (a slow terminal, a network disk)
+        def update(self, n=1, desc=None):
+            import time
+            time.sleep(0.05)
+            return super().update(n, desc)
+
+    slow = SlowProgress(total=4, interval_s=0.0, stream=io.StringIO())
+    times = time_alternating({"ours": Echo(), "ours_masked": Echo()}, torch.zeros(1, 8), repeats=1, warmup=1,
+                             progress=slow)
+    assert slow.done == 4 and max(max(v) for v in times.values()) < 0.04  # its time is not in the timings
+
 def test_convert_to_wav_progress_lines_on_stderr(tmp_path, capsys):
     from utils import convert_to_wav
 
