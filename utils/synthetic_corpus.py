@@ -282,7 +282,8 @@ def make_split(root: str, split: str, seed: int, minutes: float, jobs: int, bina
                 if total < target:
                     chosen.append((utt, frames))
                     total += frames
-                    prog.update_to(total / SAMPLE_RATE, desc=f"[{split}] {len(chosen)} utterances")
+                    # whole seconds, at most the target (the last utterance overshoots it)
+                    prog.update_to(round(min(total, target) / SAMPLE_RATE), desc=f"[{split}] {len(chosen)} utterances")
                 else:  # beyond the requested size: drop
                     extra = os.path.join(split_dir, utt.path)
                     if os.path.exists(extra):
