@@ -169,7 +169,9 @@ def _no_overlap_mask(shape, size, n, mask_length, selection, mask_other, min_spa
                 break
             k = rng.choice(len(parts), p=weights / weights.sum())
             s, e = parts.pop(k)
-            start = int(rng.integers(s, e - length))
+            # a part exactly as long as the span (possible with min_space 0 and varying lengths) has one start, s;
+            # the reference draws it from the empty range [s, s) and crashes
+            start = s if e - s == length else int(rng.integers(s, e - length))
             idx.extend(range(start, start + length))
             if start - s - min_space >= min_len:
                 parts.append((s, start - min_space + 1))
