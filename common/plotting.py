@@ -484,9 +484,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     paths = [_resolve(p) for p in args.logs]
     for path in paths:
+        if os.path.isdir(path):
+            print(f"error: {path} is a directory without nvlog.json or nvlog_infer.json: give the log file",
+                  file=sys.stderr)
+            return 2
         if not os.path.isfile(path):
             print(f"error: no such log file: {path}", file=sys.stderr)
             return 2
+    if args.smooth < 0:
+        print(f"error: --smooth {args.smooth}: give a number of points >= 0 (0 or 1: no smoothing)", file=sys.stderr)
+        return 2
     if args.label is not None and len(args.label) != len(paths):
         print(f"error: {len(args.label)} --label for {len(paths)} logs", file=sys.stderr)
         return 2

@@ -268,3 +268,12 @@ def test_a_log_without_any_plotted_metric_says_so(tmp_path, capsys):
     assert "no plottable metrics" in capsys.readouterr().err
     assert plot_main([path, "--out", str(tmp_path / "p"), "--csv", str(tmp_path / "c.csv")]) == 0
     assert "ntokens" in (tmp_path / "c.csv").read_text()
+
+
+def test_a_directory_without_a_log_and_a_negative_smoothing_are_named_errors(tmp_path, capsys):
+    (tmp_path / "empty_run").mkdir()
+    assert plot_main([str(tmp_path / "empty_run"), "--csv", "-", "--no_plots"]) == 2
+    assert "is a directory without nvlog.json" in capsys.readouterr().err
+    path = _write(tmp_path / "run" / "nvlog.json", [_train(u, 5.0 - u / 100) for u in (10, 20, 30)])
+    assert plot_main([path, "--smooth", "-3", "--csv", "-", "--no_plots"]) == 2
+    assert "--smooth -3" in capsys.readouterr().err
