@@ -7,7 +7,7 @@ min_len adjustment, distinct uniform starts, union; the no-overlap interval spli
 from __future__ import annotations
 
 import math
-from itertools import permutations
+from itertools import permutations, product
 
 import pytest
 import torch
@@ -19,6 +19,12 @@ from wav2vec2.negatives import (
     gather_negatives,
     sample_negative_indices,
 )
+
+
+def _length_tuples(length_pmf: dict[int, float], n: int):
+    """Every tuple of n i.i.d. span lengths drawn from ``length_pmf``, with its probability."""
+    for combo in product(length_pmf.items(), repeat=n):
+        yield [k for k, _ in combo], math.prod(q for _, q in combo)
 
 
 def _tol(p: float, n: int) -> float:
@@ -33,13 +39,7 @@ def _overlap_law(size: int, n: int, mask_length: int, length_pmf: dict[int, floa
     Returns (P(frame masked) per frame, P(count = k))."""
     per_pos = [0.0] * size
     count_law: dict[int, float] = {}
-
-    def rec(prefix, p):
-        if len(prefix) < n:
-            for k, q in length_pmf.items():
-                rec(prefix + [k], p * q)
-            return
-        lens = list(prefix)
+    for lens, p in _length_tuples(length_pmf, n):
         if sum(lens) == 0:
             lens[0] = min(mask_length, size - 1)
         min_len = min(lens)
@@ -53,8 +53,6 @@ def _overlap_law(size: int, n: int, mask_length: int, length_pmf: dict[int, floa
             for c in cov:
                 per_pos[c] += w
             count_law[len(cov)] = count_law.get(len(cov), 0.0) + w
-
-    rec([], 1.0)
     return per_pos, count_law
 
 
@@ -189,15 +187,9 @@ def _no_overlap_mixture(size: int, n: int, length_pmf: dict[int, float], min_spa
     """The no-overlap law with n i.i.d. span lengths from ``length_pmf`` (a mixture of :func:`_no_overlap_law`)."""
     out: dict[frozenset, float] = {}
 
-    def rec(prefix, p):
-        if len(prefix) < n:
-            for k, q in length_pmf.items():
-                rec(prefix + [k], p * q)
-            return
-        for key, v in _no_overlap_law(size, prefix, min_space).items():
+    for lens, p in _length_tuples(length_pmf, n):
+        for key, v in _no_overlap_law(size, lens, min_space).items():
             out[key] = out.get(key, 0.0) + p * v
-
-    rec([], 1.0)
     return out
 
 

@@ -161,19 +161,26 @@ def test_micro_batch_streams_of_two_ranks_equal_one_rank_accumulating_all(tmp_pa
 # ---- EMA ---------------------------------------------------------------------------------------------------------
 
 
-def test_ema_decay_weights_the_shadow_not_the_new_weights(tmp_path):
-    """--ema d: shadow <- d * shadow + (1 - d) * weights after each applied update (d = 0.9, where swapping d and
-    1 - d is visible, unlike d = 0.5). Oracle: the formula applied by hand to the weights after each step."""
-    trainer, model, _ = _toy_trainer(tmp_path, _ToyTask(), max_update=3, no_save=True, validate=False, ema=0.9)
+def _ema_by_hand(trainer, model, decay):
+    """The EMA oracle: ``decay * shadow + (1 - decay) * weights`` applied by hand after each optimizer step that
+    happens (the trainer's optimizer is wrapped); returns the dictionary it keeps up to date."""
     expected = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
     orig = trainer.optimizer.step
 
     def step_then_track():
         orig()
         for k, v in model.state_dict().items():
-            expected[k] = 0.9 * expected[k] + 0.1 * v.detach().float()
+            expected[k] = decay * expected[k] + (1 - decay) * v.detach().float()
 
     trainer.optimizer.step = step_then_track
+    return expected
+
+
+def test_ema_decay_weights_the_shadow_not_the_new_weights(tmp_path):
+    """--ema d: shadow <- d * shadow + (1 - d) * weights after each applied update (d = 0.9, where swapping d and
+    1 - d is visible, unlike d = 0.5). Oracle: the formula applied by hand to the weights after each step."""
+    trainer, model, _ = _toy_trainer(tmp_path, _ToyTask(), max_update=3, no_save=True, validate=False, ema=0.9)
+    expected = _ema_by_hand(trainer, model, 0.9)
     trainer.fit()
     for k, v in expected.items():
         assert torch.allclose(trainer.ema.shadow[k], v, atol=1e-7), k
@@ -187,15 +194,7 @@ def test_ema_does_not_move_on_a_skipped_update(tmp_path):
                                      ema=0.9)
     ref[0] = trainer
     trainer.print = lambda *a, **k: None
-    expected = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-    orig = trainer.optimizer.step
-
-    def step_then_track():
-        orig()
-        for k, v in model.state_dict().items():
-            expected[k] = 0.9 * expected[k] + 0.1 * v.detach().float()
-
-    trainer.optimizer.step = step_then_track
+    expected = _ema_by_hand(trainer, model, 0.9)
     trainer.fit()
     for k, v in expected.items():
         assert torch.allclose(trainer.ema.shadow[k], v, atol=1e-7), k
