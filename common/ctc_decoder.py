@@ -51,6 +51,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from common.data.errors import read_text
+from common.data.letters import letter_tokens
 
 __all__ = ["LexiconError", "Lexicon", "BeamSearchConfig", "Hypothesis", "CTCBeamSearchDecoder", "letter_spelling",
            "flashlight_available", "build_decoder"]
@@ -77,15 +78,22 @@ def flashlight_available() -> bool:
 
 
 def letter_spelling(word: str, symbols: Sequence[str], separator: str = "|") -> List[str]:
-    """The letters of ``word`` as dictionary symbols (each character must be one; ``LexiconError`` otherwise)."""
+    """The letters of ``word`` as dictionary symbols: its letter tokens as the label files spell them (a character
+    with its combining marks, ``common.data.letters``), a token the dictionary lacks split into its characters
+    when those are symbols (a dictionary that counted characters); ``LexiconError`` for a letter it lacks."""
     known = set(symbols[len(SPECIAL):]) if list(symbols[:len(SPECIAL)]) == list(SPECIAL) else set(symbols)
     known.discard(separator)
     if not word:
         raise LexiconError("empty word")
-    for ch in word:
-        if ch not in known:
-            raise LexiconError(f"letter {ch!r} is not in the dictionary")
-    return list(word)
+    spelling: List[str] = []
+    for token in letter_tokens(word):
+        if token in known:
+            spelling.append(token)
+        elif all(ch in known for ch in token):
+            spelling.extend(token)
+        else:
+            raise LexiconError(f"letter {token!r} is not in the dictionary")
+    return spelling
 
 
 # ----------------------------------------------------------------------------------------------- lexicon

@@ -5,6 +5,7 @@ Every oracle below is written out by hand."""
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 
 import numpy as np
@@ -177,3 +178,19 @@ def test_text_labels_refuses_a_table_with_more_columns_and_keeps_the_dots_of_a_k
     (tmp_path / "t.csv").write_text("LJ001-0001.FLAC,Printing, in\nspk1.take2.wav,a\nspk1.take3,b\n", encoding="utf-8")
     wrd, _, _ = text_labels.make_labels(str(tmp_path / "m.tsv"), str(tmp_path / "t.csv"), delimiter=",")
     assert wrd == ["PRINTING IN", "A", "B"]
+
+
+def test_the_lexicon_spells_words_in_the_letter_tokens_of_the_labels():
+    """A letter written with a combining mark that has no precomposed form (Q + U+0303, Devanagari KA + vowel sign
+    I) is one token in the .ltr labels, so one dictionary symbol: the beam search's lexicon must spell it the same
+    way (it split it into characters and refused the word). A dictionary that counted characters still works."""
+    from common.ctc_decoder import LexiconError, letter_spelling
+
+    q, ki = "Q\u0303", "\u0915\u093f"
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "|"]
+    assert text_labels.words_to_letters(f"{q}A {ki}") == f"{q} A | {ki} |"
+    assert letter_spelling(f"{q}A", specials + [q, "A"]) == [q, "A"]
+    assert letter_spelling(ki, specials + [ki]) == [ki]
+    assert letter_spelling(f"{q}A", specials + ["Q", "\u0303", "A"]) == ["Q", "\u0303", "A"]
+    with pytest.raises(LexiconError, match=re.escape(repr(q))):
+        letter_spelling(f"{q}A", specials + ["Q", "A"])

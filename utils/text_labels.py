@@ -42,6 +42,7 @@ import unicodedata
 from collections import Counter
 from typing import Dict, List, Optional, Set, Tuple
 
+from common.data.letters import letter_tokens
 from common.progress import Progress, format_duration
 
 from .common import DataToolError, read_lines, read_manifest, run_main, write_lines
@@ -97,20 +98,9 @@ def normalize_transcript(text: str, case: str = "upper", keep_chars: str = "'", 
     return out
 
 
-def letters(word: str) -> List[str]:
-    """Grapheme tokens of ``word``: each character with the combining marks that follow it."""
-    out: List[str] = []
-    for c in word:
-        if out and unicodedata.category(c)[0] == "M":
-            out[-1] += c
-        else:
-            out.append(c)
-    return out
-
-
 def words_to_letters(words: str) -> str:
     """``"L'ÉLÈVE A"`` -> ``"L ' É L È V E | A |"``."""
-    return " ".join(" ".join(letters(w)) + " |" for w in words.split())
+    return " ".join(" ".join(letter_tokens(w)) + " |" for w in words.split())
 
 
 def _stem(path: str, extensions: Optional[Set[str]] = None) -> str:
