@@ -43,6 +43,7 @@ import itertools
 import logging
 import math
 import os
+import time
 from collections import Counter
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -379,9 +380,7 @@ class NGramLM:
         adjusted[order - 1] = dict(counts[order - 1])
         advance(len(counts[order - 1]), f"adjusted counts of {order}-grams")
         for k in range(order - 1, 0, -1):  # order k (index k-1) from order k+1
-            cont: Counter = Counter()
-            for part in _chunks(counts[k]):
-                cont.update(g[1:] for g in part)
+            cont = Counter(g[1:] for g in counts[k])
             adj_k: Dict[Tuple[int, ...], int] = {}
             for part in _chunks(counts[k - 1].items()):
                 adj_k.update({g: (c if g[0] == bos else cont[g]) for g, c in part})
@@ -597,11 +596,8 @@ class _ArpaReader:
         order = len(expected)
         dtype = np.dtype(self.dtype or (np.float64 if sum(expected.values()) <= FLOAT64_LIMIT else np.float32))
         self.typecode = "f" if dtype == np.float32 else "d"
-        if self.show_progress:
-            from common.progress import Progress
-
-            self.progress = Progress(total=sum(expected.values()), desc=f"reading {self.path}", unit="n-grams",
-                                     interval_s=PROGRESS_INTERVAL_S)
+        self.progress = _progress(self.show_progress, PROGRESS_INTERVAL_S, total=sum(expected.values()),
+                                  desc=f"reading {self.path}", unit="n-grams")
         vocab: List[str] = []
         index: Dict[str, int] = {}
         tables: List[_Table] = []
@@ -838,8 +834,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="seconds between progress lines on stderr (reading the text, counting, estimating, "
                              "writing the ARPA file)")
     args = parser.parse_args(argv)
-    import time
-
     t_start = time.monotonic()
     show = not args.quiet
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
