@@ -25,7 +25,7 @@ import re
 import sys
 import warnings
 from datetime import datetime
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
 
 from common.progress import print_quietly
 
@@ -325,21 +325,36 @@ def build_logger(output_dir: Optional[str], log_file: Optional[str] = None, rank
     return logger
 
 
-def read_dllogger_log(path: str) -> List[Dict[str, Any]]:
-    """Parse a dllogger JSON log: lines starting with ``DLLL `` (others and truncated lines are skipped)."""
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
+def iter_dllogger_log(path: str) -> Iterator[Tuple[int, str, Any]]:
+    """Each line of a dllogger JSON log as ``(line number, kind, record)``; ``kind``: ``"record"`` (a
+    ``DLLL`` line holding a JSON object, the record), ``"malformed"`` (``DLLL`` JSON that is not an object),
+    ``"unreadable"`` (a ``DLLL`` line that is not JSON, e.g. a truncated last line), ``"stdout"`` (a dllogger console
+    line, ``DLL ...``), ``"blank"`` or ``"foreign"`` (anything else); ``record`` is None but for records. Undecodable bytes are
+    replaced; ``NaN``/``Infinity`` values parse as floats."""
+    prefix = DLLL_PREFIX.strip()
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
             line = line.strip()
-            if not line.startswith(DLLL_PREFIX.strip()):
+            if not line:
+                yield number, "blank", None
+                continue
+            if not line.startswith(prefix):
+                yield number, "stdout" if line.startswith("DLL ") else "foreign", None
                 continue
             try:
-                record = json.loads(line[len(DLLL_PREFIX.strip()):].strip())
+                record = json.loads(line[len(prefix):].strip())
             except json.JSONDecodeError:
+                yield number, "unreadable", None
                 continue
-            if isinstance(record, dict):  # (a stray "DLLL [1, 2]" line is no record)
-                records.append(record)
-    return records
+            if isinstance(record, dict):
+                yield number, "record", record
+            else:  # (a stray "DLLL [1, 2]" line is no record)
+                yield number, "malformed", None
+
+
+def read_dllogger_log(path: str) -> List[Dict[str, Any]]:
+    """The records of a dllogger JSON log (lines ``DLLL {...}``; other and truncated lines are skipped)."""
+    return [record for _, kind, record in iter_dllogger_log(path) if kind == "record"]
 
 
 TENSORBOARD_DIRS = {"train": "train_inner", "train_avg": "train", "val": "valid", "val_ema": "valid_ema"}

@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
-import json
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from common.logging import iter_dllogger_log
 
 __all__ = ["GROUPS", "LogReport", "Run", "read_log", "collect_series", "load_run", "run_labels", "write_csv",
            "plot_runs", "plot_log", "main"]
@@ -150,26 +151,17 @@ def read_log(path: str, report: Optional[LogReport] = None) -> Tuple[List[Dict[s
     DLLL lines that are not JSON (a truncated last line). ``NaN``/``Infinity`` values parse as floats."""
     report = report if report is not None else LogReport(path=path)
     records: List[Dict[str, Any]] = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, 1):
-            report.lines += 1
-            line = line.strip()
-            if not line:
-                continue
-            if not line.startswith("DLLL"):
-                report.foreign_lines += 1
-                if line.startswith("DLL "):
-                    report.stdout_lines += 1
-                continue
-            try:
-                record = json.loads(line[4:].strip())
-            except ValueError:
-                report.unreadable_lines.append(number)
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                report.malformed_records += 1
+    for number, kind, record in iter_dllogger_log(path):
+        report.lines = number
+        if kind == "record":
+            records.append(record)
+        elif kind in ("foreign", "stdout"):
+            report.foreign_lines += 1
+            report.stdout_lines += kind == "stdout"
+        elif kind == "unreadable":
+            report.unreadable_lines.append(number)
+        elif kind == "malformed":
+            report.malformed_records += 1
     report.records = len(records)
     return records, report
 

@@ -269,3 +269,15 @@ def test_every_record_is_on_disk_as_soon_as_it_is_logged(tmp_path):
     on_disk = [json.loads(line[len("DLLL "):]) for line in open(path).read().splitlines()]  # logger still open
     assert [r["data"]["train_loss"] for r in on_disk] == [7.0, 6.5]
     logger.close()
+
+
+def test_every_line_of_a_log_is_classified(tmp_path):
+    """iter_dllogger_log, the one parser of dllogger files (read_dllogger_log and common.plotting use it): each
+    line's kind, by hand."""
+    from common.logging import iter_dllogger_log
+
+    path = tmp_path / "log.json"
+    path.write_text('DLLL {"a": 1}\n\nDLL 2026 - x\nfoo\nDLLL [1]\nDLLL {"tr\n\n')
+    assert [(n, k) for n, k, _ in iter_dllogger_log(str(path))] == [
+        (1, "record"), (2, "blank"), (3, "stdout"), (4, "foreign"), (5, "malformed"), (6, "unreadable"), (7, "blank")]
+    assert read_dllogger_log(str(path)) == [{"a": 1}]

@@ -277,3 +277,14 @@ def test_a_directory_without_a_log_and_a_negative_smoothing_are_named_errors(tmp
     path = _write(tmp_path / "run" / "nvlog.json", [_train(u, 5.0 - u / 100) for u in (10, 20, 30)])
     assert plot_main([path, "--smooth", "-3", "--csv", "-", "--no_plots"]) == 2
     assert "--smooth -3" in capsys.readouterr().err
+
+
+def test_the_report_counts_each_kind_of_skipped_line(tmp_path):
+    from common.plotting import read_log
+
+    path = tmp_path / "log.json"
+    path.write_text('DLLL {"a": 1}\n\nDLL 2026 - x\nfoo\nDLLL [1]\nDLLL {"tr\n\n')
+    records, report = read_log(str(path))
+    assert records == [{"a": 1}]
+    assert (report.lines, report.foreign_lines, report.stdout_lines, report.unreadable_lines,
+            report.malformed_records) == (7, 2, 1, [6], 1)
