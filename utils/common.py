@@ -28,10 +28,9 @@ def read_text(path: str) -> str:
     from common.data.errors import DataError, read_text as read_utf8_text
 
     try:
-        text = read_utf8_text(path)
+        return read_utf8_text(path)  # (it drops a leading byte-order mark)
     except DataError as exc:
         raise DataToolError(str(exc)) from None
-    return text[1:] if text.startswith("\ufeff") else text  # a UTF-8 byte-order mark (Excel, Notepad) is no text
 
 
 def read_lines(path: str) -> List[str]:
